@@ -1,0 +1,102 @@
+"""Intake's pure core: turn bytes from a commune system into an accepted event or a refusal with a reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.catalog import Catalog
+from shared.contract.events import EventType, IncomingEvent, Received, StepCompleted, StepStarted, parse_cloudevent
+from shared.contract.lifecycle import EventAccepted
+from shared.contract.rejections import EventRefused, RejectionReason, RejectionRecorded, Stage
+from shared.crypto import Keyring
+
+MAX_EVENT_BYTES = 64 * 1024
+MAX_BATCH_EVENTS = 1000
+
+
+def decode_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EventRefused(RejectionReason.MALFORMED_JSON, f"not JSON: {error}") from None
+
+
+def check_references(event: IncomingEvent, catalog: Catalog) -> None:
+    """Procedures and units must be ones the platform knows, or no deadline can be computed for them."""
+    data = event.data
+    if isinstance(data, Received) and data.procedure_code not in catalog.procedures:
+        raise EventRefused(RejectionReason.UNKNOWN_PROCEDURE, f"unknown procedure {data.procedure_code!r}")
+    if isinstance(data, Received | StepStarted | StepCompleted) and data.unit_code not in catalog.units:
+        raise EventRefused(RejectionReason.UNKNOWN_UNIT, f"unknown unit {data.unit_code!r}")
+
+
+def screen(value: Any, catalog: Catalog) -> IncomingEvent:
+    """One decoded JSON value, checked as a lifecycle event against the contract and the catalog."""
+    event = parse_cloudevent(value)
+    check_references(event, catalog)
+    return event
+
+
+def screen_bytes(raw: bytes, catalog: Catalog) -> IncomingEvent:
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventRefused(RejectionReason.PAYLOAD_TOO_LARGE, f"an event may have at most {MAX_EVENT_BYTES} bytes")
+    return screen(decode_json(raw), catalog)
+
+
+def minting_unit(event: IncomingEvent) -> str | None:
+    """The unit whose agency id a new dossier code takes, when the commune sent none."""
+    if event.dossier_code is None and isinstance(event.data, Received):
+        return event.data.unit_code
+    return None
+
+
+def accept(event: IncomingEvent, dossier_code: str, *, minted: bool, keyring: Keyring, now: datetime) -> EventAccepted:
+    """The event as it travels on: the applicant sealed to this dossier, nothing personal in plaintext."""
+    data = event.data.model_dump(mode="json")
+    sealed = None
+    notify_via: list[str] = []
+    if event.event_type is EventType.RECEIVED:
+        applicant = data.pop("applicant")
+        notify_via = list(applicant.get("notify_via", []))
+        sealed = keyring.seal(json.dumps(applicant, ensure_ascii=False).encode(), dossier_code)
+    return EventAccepted(
+        id=event.id, source=event.source, event_type=event.event_type, dossier_code=dossier_code,
+        code_minted=minted, occurred_at=event.occurred_at, accepted_at=now, data=data,
+        applicant_sealed=sealed, notify_via=notify_via,
+    )
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What can be read of an input's envelope even when it is invalid, to name it in a rejection."""
+
+    event_id: str | None
+    source: str | None
+    subject: str | None
+    event_type: str | None
+
+    @classmethod
+    def of(cls, value: Any) -> Envelope:
+        if not isinstance(value, dict):
+            return cls(None, None, None, None)
+
+        def text(name: str) -> str | None:
+            item = value.get(name)
+            return item[:256] if isinstance(item, str) else None
+
+        return cls(text("id"), text("source"), text("subject"), text("type"))
+
+
+def rejection(refusal: EventRefused, *, payload: bytes, envelope: Envelope, now: datetime,
+              stage: Stage = Stage.INTAKE) -> RejectionRecorded:
+    return RejectionRecorded(
+        rejection_id=str(uuid.uuid4()), stage=stage, reason=refusal.reason, detail=refusal.detail,
+        problems=refusal.problems, event_id=envelope.event_id, source=envelope.source,
+        subject=envelope.subject, event_type=envelope.event_type,
+        payload_sha256=hashlib.sha256(payload).hexdigest(), rejected_at=now,
+    )

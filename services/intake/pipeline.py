@@ -1,0 +1,173 @@
+"""Intake's one path, for HTTP and the ingress topic alike: screen, dedupe, mint codes, publish, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry, Counter
+
+from services.intake import domain, store
+from shared.catalog import Catalog
+from shared.contract import topics
+from shared.contract.dossier_code import mint_dossier_code
+from shared.contract.events import IncomingEvent
+from shared.contract.rejections import EventRefused, FieldProblem, RejectionRecorded
+from shared.crypto import Keyring
+
+log = logging.getLogger(__name__)
+VN = ZoneInfo("Asia/Ho_Chi_Minh")
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass
+class Outcome:
+    status: Status
+    id: str | None = None
+    dossier_code: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    problems: list[FieldProblem] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        answer: dict[str, Any] = {"status": self.status.value, "id": self.id}
+        if self.dossier_code:
+            answer["dossier_code"] = self.dossier_code
+        if self.status is Status.REJECTED:
+            answer |= {"reason": self.reason, "detail": self.detail,
+                       "problems": [problem.model_dump() for problem in self.problems]}
+        return answer
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input: its bytes (for the rejection's digest) and its decoded JSON, or why it could not be."""
+
+    payload: bytes
+    value: Any = None
+    refusal: EventRefused | None = None
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Item:
+        if len(raw) > domain.MAX_EVENT_BYTES:
+            return cls(raw, refusal=EventRefused(domain.RejectionReason.PAYLOAD_TOO_LARGE,
+                                                 f"an event may have at most {domain.MAX_EVENT_BYTES} bytes"))
+        try:
+            return cls(raw, value=domain.decode_json(raw))
+        except EventRefused as refusal:
+            return cls(raw, refusal=refusal)
+
+    @classmethod
+    def from_value(cls, value: Any) -> Item:
+        raw = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        if len(raw) > domain.MAX_EVENT_BYTES:
+            return cls(raw, refusal=EventRefused(domain.RejectionReason.PAYLOAD_TOO_LARGE,
+                                                 f"an event may have at most {domain.MAX_EVENT_BYTES} bytes"))
+        return cls(raw, value=value)
+
+
+class IntakeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter("tthc_intake_events_total", "Inputs intake screened, by outcome and channel",
+                              ["outcome", "channel"], registry=registry)
+        self.rejections = Counter("tthc_intake_rejections_total", "Inputs intake refused, by reason",
+                                  ["reason"], registry=registry)
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class IntakePipeline:
+    def __init__(self, *, pool: asyncpg.Pool, producer: AIOKafkaProducer, catalog: Catalog, keyring: Keyring,
+                 metrics: IntakeMetrics, now: Clock = utc_now) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.catalog = catalog
+        self.keyring = keyring
+        self.metrics = metrics
+        self.now = now
+
+    async def process(self, items: Sequence[Item], channel: str) -> list[Outcome]:
+        now = self.now()
+        outcomes: list[Outcome | None] = [None] * len(items)
+        rejections: list[RejectionRecorded] = []
+        candidates: list[tuple[int, IncomingEvent]] = []
+        for index, item in enumerate(items):
+            envelope = domain.Envelope.of(item.value)
+            try:
+                if item.refusal is not None:
+                    raise item.refusal
+                candidates.append((index, domain.screen(item.value, self.catalog)))
+            except EventRefused as refusal:
+                rejections.append(domain.rejection(refusal, payload=item.payload, envelope=envelope, now=now))
+                outcomes[index] = Outcome(Status.REJECTED, envelope.event_id, envelope.subject, refusal.reason,
+                                          refusal.detail, refusal.problems)
+        sends: list[Awaitable[Any]] = [
+            await self.producer.send(topics.REJECTIONS, rejection.model_dump_json().encode(),
+                                     key=(rejection.subject or rejection.source or "").encode() or None)
+            for rejection in rejections
+        ]
+        if candidates:
+            async with self.pool.acquire() as conn, conn.transaction():
+                sends += await self._pass_on(conn, candidates, outcomes, now)
+                # Committed only once Kafka has every accepted event: a crash before this line leaves the
+                # events unrecorded, so the sender's retry passes them on again (resolution dedupes).
+                await asyncio.gather(*sends)
+        else:
+            await asyncio.gather(*sends)
+        for outcome in outcomes:
+            assert outcome is not None
+            self.metrics.events.labels(outcome.status.value, channel).inc()
+            if outcome.reason:
+                self.metrics.rejections.labels(outcome.reason).inc()
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _pass_on(self, conn: asyncpg.Connection, candidates: list[tuple[int, IncomingEvent]],
+                       outcomes: list[Outcome | None], now: datetime) -> list[Awaitable[Any]]:
+        seen = await store.already_accepted(conn, [event.key for _, event in candidates])
+        fresh: list[tuple[int, IncomingEvent, str, bool]] = []
+        for index, event in candidates:
+            if event.key in seen:
+                outcomes[index] = Outcome(Status.DUPLICATE, event.id, seen[event.key])
+                continue
+            unit_code = domain.minting_unit(event)
+            if unit_code is None:
+                assert event.dossier_code is not None
+                code, minted = event.dossier_code, False
+            else:
+                received_on = event.occurred_at.astimezone(VN).date()
+                agency_id = self.catalog.units[unit_code].agency_id
+                code = mint_dossier_code(agency_id, received_on, await store.next_sequence(conn, agency_id,
+                                                                                           received_on))
+                minted = True
+            seen[event.key] = code  # a repeat inside the same batch is a duplicate of this one
+            fresh.append((index, event, code, minted))
+        new_keys = await store.record_accepted(conn, [(e.source, e.id, code) for _, e, code, _ in fresh], now)
+        sends: list[Awaitable[Any]] = []
+        for index, event, code, minted in fresh:
+            if event.key not in new_keys:
+                outcomes[index] = Outcome(Status.DUPLICATE, event.id, code)
+                continue
+            accepted = domain.accept(event, code, minted=minted, keyring=self.keyring, now=now)
+            sends.append(await self.producer.send(topics.ACCEPTED, accepted.model_dump_json().encode(),
+                                                  key=code.encode()))
+            outcomes[index] = Outcome(Status.ACCEPTED, event.id, code)
+        return sends

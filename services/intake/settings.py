@@ -1,0 +1,12 @@
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings
+
+
+class IntakeSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="INTAKE_", extra="ignore", frozen=True)
+
+    port: int = 8000
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    consumer_group: str = "intake"

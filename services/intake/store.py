@@ -1,0 +1,46 @@
+"""Intake's schema: which events were passed on, and the daily sequences of minted dossier codes."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import asyncpg
+
+SCHEMA = "intake"
+
+
+async def already_accepted(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The dossier code of each key that was accepted before."""
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT source, event_id, dossier_code FROM {SCHEMA}.received_events "
+        "WHERE (source, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [key[0] for key in keys], [key[1] for key in keys],
+    )
+    return {(row["source"], row["event_id"]): row["dossier_code"] for row in rows}
+
+
+async def next_sequence(conn: asyncpg.Connection, agency_id: str, day: date) -> int:
+    value = await conn.fetchval(
+        f"INSERT INTO {SCHEMA}.code_sequences (agency_id, day, last) VALUES ($1, $2, 1) "
+        "ON CONFLICT (agency_id, day) DO UPDATE SET last = code_sequences.last + 1 RETURNING last",
+        agency_id, day,
+    )
+    return int(value)
+
+
+async def record_accepted(
+    conn: asyncpg.Connection, rows: list[tuple[str, str, str]], now: datetime
+) -> set[tuple[str, str]]:
+    """Insert (source, event_id, dossier_code) rows; returns the keys that were new. A key another request
+    inserted concurrently is not new: its row lock makes us wait for that request's outcome."""
+    if not rows:
+        return set()
+    inserted = await conn.fetch(
+        f"INSERT INTO {SCHEMA}.received_events (source, event_id, dossier_code, accepted_at) "
+        "SELECT s, e, c, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS t(s, e, c) "
+        "ON CONFLICT DO NOTHING RETURNING source, event_id",
+        [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows], now,
+    )
+    return {(row["source"], row["event_id"]) for row in inserted}

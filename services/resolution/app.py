@@ -1,0 +1,109 @@
+"""Resolution: the authoritative dossier state machine, persisted with its outbox in one transaction."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from fastapi import HTTPException
+from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
+from prometheus_client import CollectorRegistry, Counter
+
+from services.resolution import store
+from services.resolution.judge import judge
+from services.resolution.relay import OutboxRelay
+from services.resolution.settings import ResolutionSettings
+from shared import db
+from shared.catalog import Catalog
+from shared.clock.calendar import WorkingCalendar
+from shared.clock.policy import Policy
+from shared.contract import topics
+from shared.contract.lifecycle import EventAccepted
+from shared.dossier import clock_for_units
+from shared.http import service_app
+from shared.infra.paths import PROJECT_ROOT
+from shared.kafka import ensure_topics, make_broker, make_producer
+
+log = logging.getLogger(__name__)
+MIGRATIONS = PROJECT_ROOT / "services" / "resolution" / "migrations"
+
+
+def build_app(settings: ResolutionSettings | None = None) -> Any:
+    settings = settings or ResolutionSettings()
+    registry = CollectorRegistry()
+    broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="resolution")
+    producer = make_producer(settings.kafka_bootstrap_servers)
+    catalog = Catalog.load()
+    clock_for = clock_for_units(catalog, WorkingCalendar.load(), Policy(supplement_mode=settings.supplement_mode))
+    judged = Counter("tthc_resolution_events_total", "Accepted events judged by resolution, by verdict",
+                     ["verdict"], registry=registry)
+    state: dict[str, Any] = {}
+
+    async def on_start() -> None:
+        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication)
+        pool = await db.create_pool(settings.database_url, max_size=8)
+        await db.migrate(pool, store.SCHEMA, MIGRATIONS)
+        await producer.start()
+        relay = OutboxRelay(pool, producer, registry, batch=settings.relay_batch)
+        relay.start()
+        state.update(pool=pool, relay=relay)
+
+    async def on_stop() -> None:
+        if "relay" in state:
+            await state["relay"].stop()
+        await producer.stop()
+        if "pool" in state:
+            await state["pool"].close()
+
+    async def ready() -> bool:
+        pool: asyncpg.Pool | None = state.get("pool")
+        if pool is None:
+            return False
+        try:
+            await pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError):
+            return False
+        return True
+
+    app = service_app(title="TTHC resolution", description="The state of every dossier and why.",
+                      broker=broker, registry=registry, on_start=on_start, on_stop=on_stop, ready=ready)
+
+    @broker.subscriber(topics.ACCEPTED, group_id=settings.consumer_group, batch=True,
+                       max_records=settings.max_batch, auto_offset_reset="earliest",
+                       ack_policy=AckPolicy.NACK_ON_ERROR)
+    async def on_accepted(_: Any, message: KafkaMessage) -> None:
+        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
+        events = [EventAccepted.model_validate_json(record.value) for record in records if record.value]
+        pool: asyncpg.Pool = state["pool"]
+        now = datetime.now(UTC)
+        async with pool.acquire() as conn, conn.transaction():
+            seen = await store.judged_keys(conn, [(e.source, e.id) for e in events])
+            fresh = []
+            for event in events:
+                if (event.source, event.id) not in seen:
+                    seen.add((event.source, event.id))
+                    fresh.append(event)
+            codes = sorted({e.dossier_code for e in fresh})
+            dossiers = await store.lock_dossiers(conn, codes)
+            late = [e.dossier_code for e in fresh
+                    if e.dossier_code in dossiers and e.occurred_at < dossiers[e.dossier_code].last_occurred_at]
+            histories = await store.histories(conn, late) if late else {}
+            verdicts = judge(fresh, dossiers, histories, catalog=catalog, clock_for=clock_for, now=now)
+            await store.write(conn, verdicts, now)
+        judged.labels("accepted").inc(verdicts.accepted)
+        judged.labels("refused").inc(verdicts.refused)
+        judged.labels("duplicate").inc(len(events) - len(fresh))
+
+    @app.get("/v1/dossiers/{code}", summary="A dossier's state, dates and timeline")
+    async def get_dossier(code: str) -> dict[str, Any]:
+        found = await store.dossier(state["pool"], code)
+        if found is None:
+            raise HTTPException(404, f"no dossier {code}")
+        view = found.model_dump(mode="json", exclude={"applicant_sealed"})
+        view["open_state"] = found.open_state(clock_for(found.unit_code), datetime.now(UTC))
+        return view
+
+    return app

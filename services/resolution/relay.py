@@ -1,0 +1,84 @@
+"""The outbox relay: publishes committed outbox rows to Kafka with an idempotent producer, then deletes them.
+
+One relay publishes at a time (an advisory lock), so per-dossier order on Kafka is commit order. A crash
+between the send and the delete publishes the rows again; consumers dedupe on the canonical event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.resolution.store import OUTBOX_CHANNEL, SCHEMA
+
+log = logging.getLogger(__name__)
+RELAY_LOCK = 0x7474_6863  # "tthc": one relay across every resolution instance
+
+
+class OutboxRelay:
+    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, registry: CollectorRegistry,
+                 batch: int = 1000, idle_poll: float = 0.5) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.batch = batch
+        self.idle_poll = idle_poll
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = Counter("tthc_outbox_published_total", "Outbox rows published to Kafka", ["topic"],
+                                 registry=registry)
+        self.pending = Gauge("tthc_outbox_pending", "Outbox rows not yet published", registry=registry)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with self.pool.acquire() as listener:
+                    await listener.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
+                    while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                        await asyncio.sleep(1.0)  # another instance relays; take over when it goes
+                    try:
+                        await self._drain_forever()
+                    finally:
+                        await listener.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def _drain_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            while await self.publish_once():
+                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+
+    async def publish_once(self) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                f"SELECT id, topic, key, payload FROM {SCHEMA}.outbox ORDER BY id LIMIT $1", self.batch
+            )
+            if not rows:
+                self.pending.set(0)
+                return 0
+            sends = [await self.producer.send(row["topic"], row["payload"],
+                                              key=row["key"].encode() if row["key"] else None) for row in rows]
+            await asyncio.gather(*sends)
+            await conn.execute(f"DELETE FROM {SCHEMA}.outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        for row in rows:
+            self.published.labels(row["topic"]).inc()
+        return len(rows)

@@ -1,0 +1,14 @@
+from pydantic_settings import SettingsConfigDict
+
+from shared.clock.policy import SupplementMode
+from shared.settings import CommonSettings
+
+
+class ResolutionSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="RESOLUTION_", extra="ignore", frozen=True)
+
+    port: int = 8001
+    consumer_group: str = "resolution"
+    max_batch: int = 500
+    supplement_mode: SupplementMode = SupplementMode.RESTART
+    relay_batch: int = 1000

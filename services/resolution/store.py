@@ -1,0 +1,75 @@
+"""Resolution's schema: dossiers, their event history, and the outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from services.resolution.judge import Verdicts
+from shared.contract.lifecycle import EventAccepted
+from shared.dossier import Dossier
+
+SCHEMA = "resolution"
+OUTBOX_CHANNEL = "resolution_outbox"
+
+
+async def judged_keys(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    rows = await conn.fetch(
+        f"SELECT source, event_id FROM {SCHEMA}.events "
+        "WHERE (source, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [key[0] for key in keys], [key[1] for key in keys],
+    )
+    return {(row["source"], row["event_id"]) for row in rows}
+
+
+async def lock_dossiers(conn: asyncpg.Connection, codes: list[str]) -> dict[str, Dossier]:
+    """The dossiers' current states, row-locked until the batch commits (another instance waits)."""
+    rows = await conn.fetch(
+        f"SELECT snapshot FROM {SCHEMA}.dossiers WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE", codes
+    )
+    dossiers = [Dossier.model_validate_json(row["snapshot"]) for row in rows]
+    return {dossier.code: dossier for dossier in dossiers}
+
+
+async def histories(conn: asyncpg.Connection, codes: list[str]) -> dict[str, list[EventAccepted]]:
+    rows = await conn.fetch(
+        f"SELECT dossier_code, payload FROM {SCHEMA}.events WHERE dossier_code = ANY($1::text[]) "
+        "AND sequence IS NOT NULL ORDER BY dossier_code, sequence", codes,
+    )
+    found: dict[str, list[EventAccepted]] = {}
+    for row in rows:
+        found.setdefault(row["dossier_code"], []).append(EventAccepted.model_validate_json(row["payload"]))
+    return found
+
+
+async def write(conn: asyncpg.Connection, verdicts: Verdicts, now: datetime) -> None:
+    if verdicts.dossiers:
+        await conn.executemany(
+            f"INSERT INTO {SCHEMA}.dossiers (code, state, unit_code, snapshot, updated_at) "
+            "VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT (code) DO UPDATE SET state = EXCLUDED.state, "
+            "unit_code = EXCLUDED.unit_code, snapshot = EXCLUDED.snapshot, updated_at = EXCLUDED.updated_at",
+            [(d.code, d.state.value, d.unit_code, d.model_dump_json(), now) for d in verdicts.dossiers.values()],
+        )
+    if verdicts.recorded:
+        await conn.executemany(
+            f"INSERT INTO {SCHEMA}.events (source, event_id, dossier_code, sequence, occurred_at, payload, "
+            "refusal, recorded_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)",
+            [(e.source, e.id, e.dossier_code, sequence, e.occurred_at, e.model_dump_json(), refusal, now)
+             for e, sequence, refusal in verdicts.recorded],
+        )
+    if verdicts.outbox:
+        await conn.executemany(
+            f"INSERT INTO {SCHEMA}.outbox (topic, key, payload) VALUES ($1, $2, $3)", verdicts.outbox
+        )
+        await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+
+
+async def dossier(pool: asyncpg.Pool, code: str) -> Dossier | None:
+    snapshot = await pool.fetchval(f"SELECT snapshot FROM {SCHEMA}.dossiers WHERE code = $1", code)
+    return Dossier.model_validate_json(snapshot) if snapshot is not None else None
+
+
+async def counts_by_state(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch(f"SELECT state, count(*) AS n FROM {SCHEMA}.dossiers GROUP BY state")
+    return {row["state"]: int(row["n"]) for row in rows}

@@ -1,0 +1,183 @@
+"""A single-node Apache Kafka broker (KRaft, combined mode) run from Maven Central jars.
+
+Development machines and CI have Java and Maven but no Docker engine, so the project fetches the broker's
+class path itself and runs `kafka.Kafka` directly. The jars land in a git-ignored cache keyed by the pom's
+content, so a second start downloads nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from shared.infra.paths import PROJECT_ROOT, cache_dir
+
+POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
+LOG4J_CONFIG = PROJECT_ROOT / "deploy" / "kafka" / "log4j2.properties"
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
+
+
+class KafkaStartError(RuntimeError):
+    pass
+
+
+def ensure_kafka_jars() -> Path:
+    """The broker's class path directory, fetched by Maven on first use."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    libs = cache_dir() / "kafka" / digest / "libs"
+    marker = libs.parent / "complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        raise KafkaStartError("Java 17+ and Maven are needed to fetch and run the local Kafka broker")
+    if libs.exists():
+        shutil.rmtree(libs)
+    libs.mkdir(parents=True)
+    subprocess.run(
+        ["mvn", "-B", "-q", "-f", str(POM), DEPENDENCY_PLUGIN, "-DincludeScope=runtime",
+         f"-DoutputDirectory={libs}"],
+        check=True,
+    )
+    marker.write_text(digest)
+    return libs
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+@dataclass
+class LocalKafka:
+    """One broker+controller on loopback whose data and log live under `state_dir`."""
+
+    state_dir: Path
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "768m"
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "broker.log"
+
+    def _server_properties(self) -> str:
+        data = self.state_dir / "data"
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data}",
+            "num.partitions=6",
+            "num.network.threads=2",
+            "num.io.threads=4",
+            "num.recovery.threads.per.data.dir=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=6",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            # Topics are created explicitly with their partition counts; a typo must not create one.
+            "auto.create.topics.enable=false",
+            "",
+        ])
+
+    def _java(self, libs: Path) -> list[str]:
+        return [
+            "java", f"-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            f"-Dkafka.logs.dir={self.state_dir / 'logs'}", "-cp", f"{libs}/*",
+        ]
+
+    def start(self) -> None:
+        libs = ensure_kafka_jars()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        config = self.state_dir / "server.properties"
+        config.write_text(self._server_properties())
+        if not (self.state_dir / "data" / "meta.properties").exists():
+            subprocess.run(
+                [*self._java(libs), "kafka.tools.StorageTool", "format", "--standalone",
+                 "-t", _cluster_id(), "-c", str(config)],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        with self.log_file.open("ab") as log:
+            # A session of its own: a Ctrl-C in the terminal reaches the supervisor, which stops the
+            # broker in order, instead of killing it mid-write.
+            self._process = subprocess.Popen(
+                [*self._java(libs), "kafka.Kafka", str(config)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        (self.state_dir / "broker.pid").write_text(str(self._process.pid))
+
+    async def wait_ready(self, timeout: float = 90.0) -> None:
+        """Ready when the broker answers a metadata request, not after a fixed sleep."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process is not None and self._process.poll() is not None:
+                raise KafkaStartError(f"Kafka exited with {self._process.returncode}:\n{self.log_tail()}")
+            if await broker_answers(self.bootstrap_servers):
+                return
+            if time.monotonic() > deadline:
+                raise KafkaStartError(f"Kafka not ready after {timeout}s:\n{self.log_tail()}")
+            await asyncio.sleep(0.5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, for fault-injection tests."""
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+
+
+async def broker_answers(bootstrap_servers: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        await admin.list_topics()
+    except (KafkaError, OSError):
+        return False
+    finally:
+        await admin.close()
+    return True
