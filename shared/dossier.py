@@ -299,7 +299,7 @@ def _step_due(data: dict[str, Any], at: datetime, clock_for: ClockFor) -> dateti
 
 
 def _step_json(step: Any) -> dict[str, Any]:
-    return {"kind": step.kind, "at": step.at, "text_en": step.text_en, "text_vi": step.text_vi}
+    return dict(vars(step))
 
 
 def fold(events: Iterable[EventAccepted], catalog: Catalog, clock_for: ClockFor,

@@ -55,7 +55,6 @@ def build_app(settings: IntakeSettings | None = None) -> Any:
     settings = settings or IntakeSettings()
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="intake")
-    producer = make_producer(settings.kafka_bootstrap_servers)
     metrics = IntakeMetrics(registry)
     catalog = Catalog.load()
     if settings.data_keys is None:
@@ -70,13 +69,16 @@ def build_app(settings: IntakeSettings | None = None) -> Any:
         await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication)
         pool = await db.create_pool(settings.database_url)
         await db.migrate(pool, SCHEMA, MIGRATIONS)
+        producer = make_producer(settings.kafka_bootstrap_servers)
         await producer.start()
+        state["producer"] = producer
         state["pool"] = pool
         state["pipeline"] = IntakePipeline(pool=pool, producer=producer, catalog=catalog, keyring=keyring,
                                            metrics=metrics)
 
     async def on_stop() -> None:
-        await producer.stop()
+        if "producer" in state:
+            await state["producer"].stop()
         if "pool" in state:
             pool: asyncpg.Pool = state["pool"]
             await pool.close()

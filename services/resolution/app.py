@@ -35,7 +35,6 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
     settings = settings or ResolutionSettings()
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="resolution")
-    producer = make_producer(settings.kafka_bootstrap_servers)
     catalog = Catalog.load()
     clock_for = clock_for_units(catalog, WorkingCalendar.load(), Policy(supplement_mode=settings.supplement_mode))
     judged = Counter("tthc_resolution_events_total", "Accepted events judged by resolution, by verdict",
@@ -46,7 +45,9 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
         await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication)
         pool = await db.create_pool(settings.database_url, max_size=8)
         await db.migrate(pool, store.SCHEMA, MIGRATIONS)
+        producer = make_producer(settings.kafka_bootstrap_servers)
         await producer.start()
+        state["producer"] = producer
         relay = OutboxRelay(pool, producer, registry, batch=settings.relay_batch)
         relay.start()
         state.update(pool=pool, relay=relay)
@@ -54,7 +55,8 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
     async def on_stop() -> None:
         if "relay" in state:
             await state["relay"].stop()
-        await producer.stop()
+        if "producer" in state:
+            await state["producer"].stop()
         if "pool" in state:
             await state["pool"].close()
 

@@ -10,7 +10,9 @@ _DEFAULT_SESSIONS: tuple[tuple[time, time], ...] = ((time(7, 30), time(11, 30)),
 
 def time_to_delta(value: time) -> timedelta:
     """Offset of a wall-clock time from midnight; arithmetic on timedeltas avoids rebuilding datetimes."""
-    return timedelta(hours=value.hour, minutes=value.minute, seconds=value.second, microseconds=value.microsecond)
+    return timedelta(
+        hours=value.hour, minutes=value.minute, seconds=value.second, microseconds=value.microsecond
+    )
 
 
 def _parse_time(text: str) -> time:
@@ -45,17 +47,21 @@ class OfficeHours:
                 raise ValueError(f"session {start:%H:%M}-{end:%H:%M} ends before it starts")
             if previous_end is not None and start < previous_end:
                 raise ValueError(
-                    f"session starting {start:%H:%M} overlaps or precedes the session ending {previous_end:%H:%M}; "
+                    f"session from {start:%H:%M} overlaps or precedes the one ending {previous_end:%H:%M}; "
                     "list sessions in order without overlap"
                 )
             previous_end = end
         # Offsets from midnight, precomputed once: every clock operation walks these.
         object.__setattr__(
-            self, "_offsets", tuple((time_to_delta(start), time_to_delta(end)) for start, end in self.sessions)
+            self,
+            "_offsets",
+            tuple((time_to_delta(start), time_to_delta(end)) for start, end in self.sessions),
         )
         object.__setattr__(self, "_daily", sum((end - start for start, end in self._offsets), timedelta()))
 
-    _offsets: tuple[tuple[timedelta, timedelta], ...] = field(default=(), init=False, repr=False, compare=False)
+    _offsets: tuple[tuple[timedelta, timedelta], ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
     _daily: timedelta = field(default=timedelta(), init=False, repr=False, compare=False)
 
     @classmethod
@@ -87,7 +93,7 @@ class OfficeHours:
         return self._offsets
 
     def contains(self, value: time) -> bool:
-        """True if the wall-clock time is inside a session; a session's end counts as inside (a due instant)."""
+        """True if the wall-clock time is in a session; a session's end counts (due instants sit there)."""
         return any(start <= value <= end for start, end in self.sessions)
 
     def as_config(self) -> list[list[str]]:

@@ -52,8 +52,8 @@ class Policy:
     after_hours_receipt_next_day: bool = True
     # An open dossier is due_soon once at most this many working days of office time are left.
     due_soon_working_days: int = 1
-    # Decree 61/2018 art. 19.9: the apology is due "chậm nhất 01 ngày trước ngày hết hạn"; read as the close of
-    # the working day this many working days before the due day.
+    # Decree 61/2018 art. 19.9: the apology is due "chậm nhất 01 ngày trước ngày hết hạn"; read as the close
+    # of the working day this many working days before the due day.
     apology_lead_working_days: int = 1
     # INSTANT: after the due instant is late (default); DAY: only a later day is late.
     completion_granularity: CompletionGranularity = CompletionGranularity.INSTANT
@@ -76,7 +76,9 @@ class Policy:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown policy settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise ValueError(
+                f"unknown policy settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
         return cls(**values)
 
     def as_mapping(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -172,6 +173,8 @@ class LocalKafka:
 
 
 async def broker_answers(bootstrap_servers: str) -> bool:
+    # aiokafka logs each refused connection at error level; while waiting for a start, those are expected.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
     try:
         await admin.start()

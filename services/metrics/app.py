@@ -1,0 +1,179 @@
+"""Metrics: live timeliness counters from the canonical lifecycle topic, exported for Prometheus.
+
+Counter values live in metrics' schema and change in the same transaction that records each dossier's
+progress, so a redelivered event changes nothing and a restart resumes from the stored values. The exported
+families are read from that state at scrape time (a custom collector), never from process memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from services.metrics.settings import MetricsSettings
+from services.metrics.tally import RATIO_BUCKETS, CounterKey, open_kind, tally
+from shared import db
+from shared.catalog import Catalog
+from shared.clock.calendar import WorkingCalendar
+from shared.clock.policy import Policy
+from shared.contract import topics
+from shared.contract.lifecycle import DossierLifecycleEvent
+from shared.dossier import clock_for_units
+from shared.http import service_app
+from shared.infra.paths import PROJECT_ROOT
+from shared.kafka import ensure_topics, make_broker
+
+log = logging.getLogger(__name__)
+SCHEMA = "metrics"
+MIGRATIONS = PROJECT_ROOT / "services" / "metrics" / "migrations"
+LABELS = ["unit", "sector", "channel"]
+
+
+class Snapshot:
+    """The latest values read from the database, which the collector exports."""
+
+    def __init__(self) -> None:
+        self.counters: dict[CounterKey, float] = {}
+        self.open: dict[tuple[str, str, str, str], int] = {}
+
+
+class StoredCollector(Collector):
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        totals: dict[tuple[str, str, str, str, str], float] = defaultdict(float)
+        for (family, _part, unit, sector, channel, label), value in self.snapshot.counters.items():
+            totals[(family, unit, sector, channel, label)] += value
+        received = CounterMetricFamily("tthc_dossiers_received", "Dossiers received", labels=LABELS)
+        completed = CounterMetricFamily("tthc_dossiers_completed", "Dossiers completed, by timeliness",
+                                        labels=[*LABELS, "timeliness"])
+        supplements = CounterMetricFamily("tthc_supplement_requests", "Supplement requests", labels=LABELS)
+        apologies = CounterMetricFamily("tthc_apologies", "Apologies issued, late when less than a working day "
+                                        "before the due instant", labels=[*LABELS, "timing"])
+        buckets: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+        sums: dict[tuple[str, str, str], float] = defaultdict(float)
+        for (family, unit, sector, channel, label), value in sorted(totals.items()):
+            where = [unit, sector, channel]
+            if family == "received":
+                received.add_metric(where, value)
+            elif family == "completed":
+                completed.add_metric([*where, label], value)
+            elif family == "supplements":
+                supplements.add_metric(where, value)
+            elif family == "apologies":
+                apologies.add_metric([*where, label], value)
+            elif family == "time_used_bucket":
+                buckets[(unit, sector, channel)][label] = value
+            elif family == "time_used_sum":
+                sums[(unit, sector, channel)] = value
+        ratio = HistogramMetricFamily("tthc_working_time_used_ratio",
+                                      "Working time used relative to the legal time, at completion", labels=LABELS)
+        for where, by_bound in sorted(buckets.items()):
+            ordered = [(str(bound), by_bound.get(str(bound), 0.0)) for bound in RATIO_BUCKETS]
+            ordered.append(("+Inf", by_bound.get("+Inf", 0.0)))
+            ratio.add_metric(list(where), ordered, sums[where])
+        open_gauge = GaugeMetricFamily("tthc_dossiers_open", "Open dossiers by state", labels=[*LABELS, "state"])
+        for (unit, sector, channel, state), count in sorted(self.snapshot.open.items()):
+            open_gauge.add_metric([unit, sector, channel, state], count)
+        yield from (received, completed, supplements, apologies, ratio, open_gauge)
+
+
+def build_app(settings: MetricsSettings | None = None) -> Any:
+    settings = settings or MetricsSettings()
+    registry = CollectorRegistry()
+    broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="metrics")
+    catalog = Catalog.load()
+    calendar = WorkingCalendar.load()
+    clock_for = clock_for_units(catalog, calendar, Policy())
+    snapshot = Snapshot()
+    registry.register(StoredCollector(snapshot))
+    state: dict[str, Any] = {}
+
+    async def refresh() -> None:
+        pool: asyncpg.Pool = state["pool"]
+        rows = await pool.fetch(f"SELECT family, part, unit_code, sector, channel, label, value FROM {SCHEMA}.counters")
+        snapshot.counters = {(r["family"], r["part"], r["unit_code"], r["sector"], r["channel"], r["label"]):
+                             r["value"] for r in rows}
+        now = datetime.now(UTC)
+        open_rows = await pool.fetch(
+            f"SELECT unit_code, sector, channel, CASE WHEN open_kind <> 'running' THEN open_kind "
+            "WHEN due_at < $1 THEN 'overdue' WHEN due_soon_at <= $1 THEN 'due_soon' ELSE 'on_track' END AS state, "
+            f"count(*) AS n FROM {SCHEMA}.dossier_progress WHERE open_kind IS NOT NULL GROUP BY 1, 2, 3, 4", now,
+        )
+        snapshot.open = {(r["unit_code"], r["sector"], r["channel"], r["state"]): int(r["n"]) for r in open_rows}
+
+    async def on_start() -> None:
+        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication)
+        pool = await db.create_pool(settings.database_url)
+        await db.migrate(pool, SCHEMA, MIGRATIONS)
+        state["pool"] = pool
+        await refresh()
+
+    async def on_stop() -> None:
+        if "pool" in state:
+            await state["pool"].close()
+
+    async def ready() -> bool:
+        return "pool" in state
+
+    app = service_app(title="TTHC metrics", description="Live timeliness counters for the dashboards.",
+                      broker=broker, registry=registry, on_start=on_start, on_stop=on_stop, ready=ready)
+
+    @app.middleware("http")
+    async def fresh_values_on_scrape(request: Any, call_next: Any) -> Any:
+        if request.url.path == "/metrics" and "pool" in state:
+            await refresh()
+        return await call_next(request)
+
+    @broker.subscriber(topics.LIFECYCLE, group_id=settings.consumer_group, batch=True, max_records=1000,
+                       auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR)
+    async def on_lifecycle(_: Any, message: KafkaMessage) -> None:
+        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
+        events = [(record.partition, DossierLifecycleEvent.model_validate_json(record.value))
+                  for record in records if record.value]
+        pool: asyncpg.Pool = state["pool"]
+        async with pool.acquire() as conn, conn.transaction():
+            codes = sorted({event.dossier_code for _, event in events})
+            rows = await conn.fetch(f"SELECT code, last_sequence FROM {SCHEMA}.dossier_progress "
+                                    "WHERE code = ANY($1::text[]) FOR UPDATE", codes)
+            last = {row["code"]: row["last_sequence"] for row in rows}
+            deltas: Counter[CounterKey] = Counter()
+            progress: dict[str, tuple[Any, ...]] = {}
+            for part, event in events:
+                if event.sequence <= last.get(event.dossier_code, 0):
+                    continue  # a repeat: redelivery or a second publish from the outbox
+                last[event.dossier_code] = event.sequence
+                tally(event, part, deltas)
+                kind = open_kind(event)
+                due_soon = (clock_for(event.unit_code).due_soon_at(event.legal_due_at)
+                            if kind and event.legal_due_at else None)
+                progress[event.dossier_code] = (event.dossier_code, part, event.sequence, event.unit_code,
+                                                event.sector, event.channel, kind, event.legal_due_at, due_soon)
+            if progress:
+                await conn.executemany(
+                    f"INSERT INTO {SCHEMA}.dossier_progress VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                    "ON CONFLICT (code) DO UPDATE SET part = EXCLUDED.part, last_sequence = EXCLUDED.last_sequence, "
+                    "unit_code = EXCLUDED.unit_code, sector = EXCLUDED.sector, channel = EXCLUDED.channel, "
+                    "open_kind = EXCLUDED.open_kind, due_at = EXCLUDED.due_at, due_soon_at = EXCLUDED.due_soon_at",
+                    list(progress.values()),
+                )
+            if deltas:
+                await conn.executemany(
+                    f"INSERT INTO {SCHEMA}.counters VALUES ($1, $2, $3, $4, $5, $6, $7) "
+                    "ON CONFLICT (family, part, unit_code, sector, channel, label) "
+                    "DO UPDATE SET value = counters.value + EXCLUDED.value",
+                    [(*key, value) for key, value in deltas.items()],
+                )
+
+    return app

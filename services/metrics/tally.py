@@ -1,0 +1,58 @@
+"""Metrics' pure core: what one canonical lifecycle event adds to the counters."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.contract.events import EventType
+from shared.contract.lifecycle import DossierLifecycleEvent, DossierState
+
+CounterKey = tuple[str, int, str, str, str, str]
+"""(family, partition, unit, sector, channel, label)."""
+
+RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0)
+
+
+@dataclass(frozen=True)
+class Progress:
+    code: str
+    part: int
+    sequence: int
+    unit_code: str
+    sector: str
+    channel: str
+    open_kind: str | None
+    due_at: datetime | None
+    due_soon_at: datetime | None
+
+
+def open_kind(event: DossierLifecycleEvent) -> str | None:
+    if event.state in (DossierState.PAUSED, DossierState.AWAITING_FEE):
+        return "paused"
+    if event.state is DossierState.AWAITING_SUPPLEMENT:
+        return "awaiting_supplement"
+    if event.state in (DossierState.RECEIVED, DossierState.PROCESSING):
+        return "running"
+    return None
+
+
+def tally(event: DossierLifecycleEvent, part: int, into: Counter[CounterKey]) -> None:
+    """Add what `event` counts. Called once per canonical event, after dedupe."""
+    where = (event.unit_code, event.sector, event.channel)
+    if event.event_type is EventType.RECEIVED:
+        into[("received", part, *where, "")] += 1
+    if event.event_type in (EventType.RESOLVED, EventType.REJECTED, EventType.STOPPED, EventType.WITHDRAWN) \
+            and event.timeliness is not None:
+        into[("completed", part, *where, event.timeliness.value)] += 1
+        if event.time_used_ratio is not None:
+            for bound in RATIO_BUCKETS:
+                if event.time_used_ratio <= bound:
+                    into[("time_used_bucket", part, *where, str(bound))] += 1
+            into[("time_used_bucket", part, *where, "+Inf")] += 1
+            into[("time_used_sum", part, *where, "")] += event.time_used_ratio
+    if event.event_type is EventType.SUPPLEMENT_REQUESTED:
+        into[("supplements", part, *where, "")] += 1
+    if event.event_type is EventType.APOLOGY_ISSUED:
+        into[("apologies", part, *where, "late" if event.apology_late else "in_time")] += 1

@@ -1,0 +1,135 @@
+"""`tthc`: the operator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime, time
+from pathlib import Path
+from typing import Any
+
+
+def _up(args: argparse.Namespace) -> int:
+    from shared.infra.paths import run_dir
+    from shared.infra.stack import Stack, run_forever
+
+    simulator = os.environ.get("SIMULATOR", "on").lower() not in ("off", "0", "false", "no")
+    asyncio.run(run_forever(Stack(run_dir(), simulator=simulator, simulator_rate=args.rate)))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from shared.simulator import simulate
+
+    sent = asyncio.run(simulate(args.intake_url, args.rate, args.duration, args.seed))
+    print(json.dumps({"sent": sent}))
+    return 0
+
+
+def _clock(unit_code: str | None) -> Any:
+    from shared.catalog import Catalog
+    from shared.clock.calendar import WorkingCalendar
+    from shared.clock.policy import Policy
+    from shared.dossier import clock_for_units
+
+    catalog = Catalog.load()
+    return catalog, clock_for_units(catalog, WorkingCalendar.load(), Policy())(unit_code or "")
+
+
+def _deadline(args: argparse.Namespace) -> int:
+    from shared.contract.duration import Duration
+
+    _, clock = _clock(args.unit)
+    received_at = datetime.fromisoformat(args.received_at)
+    if received_at.tzinfo is None:
+        print("--received-at needs an offset, e.g. 2026-02-12T09:00:00+07:00", file=sys.stderr)
+        return 2
+    cutoff = time.fromisoformat(args.cutoff) if args.cutoff else None
+    deadline = clock.due(received_at, Duration.parse(args.duration), cutoff)
+    print(json.dumps({
+        "received_at": received_at.isoformat(), "duration": args.duration, "due_at": deadline.due_at.isoformat(),
+        "calendar_version": deadline.calendar_version, "policy_version": deadline.policy_version,
+        "explanation": [vars(step) for step in deadline.explanation],
+    }, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from shared.catalog import Catalog
+    from shared.clock.calendar import WorkingCalendar
+    from shared.clock.policy import Policy
+    from shared.contract.duration import Duration
+    from shared.contract.events import parse_cloudevent
+    from shared.contract.lifecycle import EventAccepted
+    from shared.contract.rejections import EventRefused
+    from shared.dossier import Dossier, clock_for_units
+
+    catalog = Catalog.load()
+    clock_for = clock_for_units(catalog, WorkingCalendar.load(), Policy())
+    override = Duration.parse(args.duration) if args.duration else None
+    dossier: Dossier | None = None
+    for number, line in enumerate(Path(args.events).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            incoming = parse_cloudevent(json.loads(line))
+            data = incoming.data.model_dump(mode="json")
+            data.pop("applicant", None)
+            accepted = EventAccepted(id=incoming.id, source=incoming.source, event_type=incoming.event_type,
+                                     dossier_code=incoming.dossier_code or "unassigned",
+                                     occurred_at=incoming.occurred_at, accepted_at=datetime.now(UTC), data=data)
+            dossier = (Dossier.start(accepted, catalog, clock_for, override) if dossier is None
+                       else dossier.apply(accepted, catalog, clock_for))
+        except (EventRefused, json.JSONDecodeError) as refusal:
+            reason = getattr(refusal, "reason", "malformed_json")
+            print(json.dumps({"refused": {"line": number, "reason": str(reason), "detail": str(refusal)}},
+                             ensure_ascii=False, indent=2))
+            return 1
+    if dossier is None:
+        print("no events", file=sys.stderr)
+        return 2
+    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    view = dossier.model_dump(mode="json", exclude={"applicant_sealed", "notify_via"})
+    view["due_at"] = view["legal_due_at"]
+    view["open_state"] = dossier.open_state(clock_for(dossier.unit_code), now)
+    print(json.dumps(view, ensure_ascii=False, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tthc", description="Operate the one-stop dossier timeliness platform.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start the whole local stack in the foreground (make run)")
+    up.add_argument("--rate", type=float, default=5.0, help="simulated events per second")
+    up.set_defaults(handler=_up)
+
+    sim = commands.add_parser("simulate", help="send a province's day of commune traffic to intake")
+    sim.add_argument("--intake-url", default="http://127.0.0.1:8000")
+    sim.add_argument("--rate", type=float, default=5.0)
+    sim.add_argument("--duration", type=float, default=None, help="seconds; forever when omitted")
+    sim.add_argument("--seed", type=int, default=None)
+    sim.set_defaults(handler=_simulate)
+
+    deadline = commands.add_parser("deadline", help="the due instant of a duration from a receipt instant")
+    deadline.add_argument("--received-at", required=True)
+    deadline.add_argument("--duration", required=True, help="'3 working_days', '4 working_hours', 'same_day' ...")
+    deadline.add_argument("--cutoff", default=None, help="HH:MM after which same-day receipt counts tomorrow")
+    deadline.add_argument("--unit", default=None, help="unit code, for its office hours")
+    deadline.set_defaults(handler=_deadline)
+
+    explain = commands.add_parser("explain", help="fold a dossier's CloudEvents (JSON lines) and explain it")
+    explain.add_argument("events", help="file of CloudEvents, one JSON object per line")
+    explain.add_argument("--now", default=None)
+    explain.add_argument("--duration", default=None, help="override the catalog's legal duration")
+    explain.set_defaults(handler=_explain)
+
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Stand-ins for the providers notify talks to, so a person can read every message the platform sends.
+
+SMTP (aiosmtpd) keeps every mail as an .eml file; an HTTP server plays the SMS and Zalo gateways and shows
+everything received at `/` (Vietnamese) and `/api/messages` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email
+import email.policy
+import html
+import json
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+
+
+class MailDirHandler:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        content = envelope.original_content or b""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        (self.folder / f"{stamp}.eml").write_bytes(content)
+        return "250 Message accepted for delivery"
+
+
+def read_mail(folder: Path) -> list[dict[str, Any]]:
+    mails = []
+    for path in sorted(folder.glob("*.eml")):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        body = message.get_body(preferencelist=("plain",))
+        mails.append({"file": path.name, "message_id": message["Message-ID"], "to": message["To"],
+                      "subject": message["Subject"], "body": body.get_content() if body else ""})
+    return mails
+
+
+def gateway_app(folder: Path) -> FastAPI:
+    app = FastAPI(title="Message sinks")
+    gateway_log = folder / "gateway.jsonl"
+
+    @app.post("/sms")
+    @app.post("/zalo")
+    async def gateway(request: Request) -> dict[str, str]:
+        entry = {"channel": request.url.path.strip("/"), "received_at": datetime.now(UTC).isoformat(),
+                 "payload": await request.json()}
+        with gateway_log.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        return {"status": "accepted"}
+
+    def gateway_messages() -> list[dict[str, Any]]:
+        if not gateway_log.exists():
+            return []
+        return [json.loads(line) for line in gateway_log.read_text(encoding="utf-8").splitlines() if line]
+
+    @app.get("/api/messages")
+    async def messages() -> dict[str, Any]:
+        return {"mail": read_mail(folder / "mail"), "gateway": gateway_messages()}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        rows = "".join(
+            f"<article><h3>{html.escape(m['subject'] or '')}</h3><p>Gửi tới: {html.escape(m['to'] or '')}</p>"
+            f"<pre>{html.escape(m['body'])}</pre></article>" for m in reversed(read_mail(folder / "mail"))
+        )
+        others = "".join(f"<pre>{html.escape(json.dumps(g, ensure_ascii=False))}</pre>"
+                         for g in reversed(gateway_messages()))
+        return ("<!doctype html><html lang='vi'><meta charset='utf-8'><title>Hộp thư thử nghiệm</title>"
+                "<meta http-equiv='refresh' content='10'><body style='font-family:sans-serif;max-width:60em'>"
+                f"<h1>Thư điện tử đã gửi (email)</h1>{rows or '<p>Chưa có thư.</p>'}"
+                f"<h1>Tin nhắn SMS / Zalo</h1>{others or '<p>Chưa có tin nhắn.</p>'}</body></html>")
+
+    return app
+
+
+async def run(folder: Path, smtp_port: int, http_port: int) -> None:
+    controller = Controller(MailDirHandler(folder / "mail"), hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    server = uvicorn.Server(uvicorn.Config(gateway_app(folder), host="127.0.0.1", port=http_port,
+                                           log_level="warning"))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    try:
+        await server.serve()
+    finally:
+        controller.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--smtp-port", type=int, default=1025)
+    parser.add_argument("--http-port", type=int, default=8025)
+    args = parser.parse_args()
+    asyncio.run(run(args.dir, args.smtp_port, args.http_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The whole local stack as processes: Kafka, PostgreSQL, the message sinks, the four services, the simulator.
+
+`tthc up` (and so `make run`) runs it in the foreground until Ctrl-C; the end-to-end tests start the same
+stack on their own ports and folders. Whatever is given by KAFKA_BOOTSTRAP_SERVERS or DATABASE_URL is used
+instead of starting one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.crypto import new_key_spec
+from shared.infra.kafka import LocalKafka
+from shared.infra.paths import PROJECT_ROOT
+from shared.infra.postgres import LocalPostgres
+from shared.kafka import ensure_topics
+
+SERVICES = ("intake", "resolution", "metrics", "notify")
+
+
+@dataclass
+class Ports:
+    intake: int = 8000
+    resolution: int = 8001
+    metrics: int = 8002
+    notify: int = 8003
+    kafka: int = 9092
+    controller: int = 9093
+    postgres: int = 55432
+    smtp: int = 1025
+    sinks_http: int = 8025
+
+    def of(self, service: str) -> int:
+        return int(getattr(self, service))
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    simulator: bool = True
+    simulator_rate: float = 5.0
+    partitions: int = 6
+    kafka: LocalKafka | None = None
+    postgres: LocalPostgres | None = None
+    bootstrap_servers: str = ""
+    database_url: str = ""
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.run_dir / "outbox"
+
+    def data_keys(self) -> str:
+        path = self.run_dir / "data-keys"
+        if not path.exists():
+            path.write_text(new_key_spec("local"))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "DATABASE_URL": self.database_url,
+            "TTHC_DATA_KEYS": self.data_keys(),
+            "TTHC_TOPIC_PARTITIONS": str(self.partitions),
+            "INTAKE_PORT": str(self.ports.intake),
+            "RESOLUTION_PORT": str(self.ports.resolution),
+            "METRICS_PORT": str(self.ports.metrics),
+            "NOTIFY_PORT": str(self.ports.notify),
+            "NOTIFY_SMTP_PORT": str(self.ports.smtp),
+            "NOTIFY_LOOKUP_BASE_URL": f"http://127.0.0.1:{self.ports.resolution}/tra-cuu",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    async def start_infrastructure(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        self.bootstrap_servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        if not self.bootstrap_servers:
+            self.kafka = LocalKafka(self.run_dir / "kafka", self.ports.kafka, self.ports.controller)
+            self.kafka.start()
+        self.database_url = os.environ.get("DATABASE_URL", "")
+        if not self.database_url:
+            self.postgres = LocalPostgres(self.run_dir / "postgres" / "data", self.ports.postgres)
+            self.database_url = await asyncio.to_thread(self.postgres.start)
+        if self.kafka is not None:
+            await self.kafka.wait_ready()
+            self.bootstrap_servers = self.kafka.bootstrap_servers
+        await ensure_topics(self.bootstrap_servers, self.partitions)
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen([sys.executable, *args], cwd=PROJECT_ROOT, env=self.env(),
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def start_sinks(self) -> None:
+        self.spawn("sinks", "-m", "shared.infra.sinks", "--dir", str(self.outbox_dir),
+                   "--smtp-port", str(self.ports.smtp), "--http-port", str(self.ports.sinks_http))
+
+    def start_service(self, name: str) -> None:
+        self.spawn(name, "-m", f"services.{name}")
+
+    async def wait_ready(self, name: str, timeout: float = 90.0) -> None:
+        url = f"http://127.0.0.1:{self.ports.of(name)}/readyz"
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                process = self.processes[name]
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}; see {self.logs / name}.log")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url)).status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} not ready after {timeout}s; see {self.logs / name}.log")
+                await asyncio.sleep(0.3)
+
+    async def start(self) -> None:
+        await self.start_infrastructure()
+        self.start_sinks()
+        for name in SERVICES:
+            self.start_service(name)
+        await asyncio.gather(*(self.wait_ready(name) for name in SERVICES))
+        if self.simulator:
+            self.spawn("simulator", "-m", "shared.cli", "simulate", "--rate", str(self.simulator_rate),
+                       "--intake-url", f"http://127.0.0.1:{self.ports.intake}")
+
+    def stop_process(self, name: str, timeout: float = 20.0) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def kill_process(self, name: str) -> None:
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop(self) -> None:
+        for name in ("simulator", *SERVICES, "sinks"):
+            self.stop_process(name)
+        if self.kafka is not None:
+            self.kafka.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+    def banner(self) -> str:
+        p = self.ports
+        return "\n".join([
+            "",
+            "TTHC one-stop timeliness platform is running. Ctrl-C stops everything it started.",
+            f"  Metrics (Prometheus)     http://127.0.0.1:{p.metrics}/metrics   (tthc_dossiers_received_total ...)",
+            f"  Intake API docs          http://127.0.0.1:{p.intake}/docs        (POST /v1/events)",
+            f"  Resolution API docs      http://127.0.0.1:{p.resolution}/docs    (GET /v1/dossiers/{{code}})",
+            f"  Notify API docs          http://127.0.0.1:{p.notify}/docs",
+            f"  Messages sent (mail/SMS) http://127.0.0.1:{p.sinks_http}/         (.eml files in {self.outbox_dir}/mail)",
+            f"  Kafka                    {self.bootstrap_servers}",
+            f"  PostgreSQL               {self.database_url}",
+            f"  Logs                     {self.logs}/",
+            f"  Simulator                {'on' if self.simulator else 'off (SIMULATOR=off)'}",
+            "",
+        ])
+
+
+async def run_forever(stack: Stack) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stack.start()
+        print(stack.banner(), flush=True)
+        await stop.wait()
+        print("Stopping ...", flush=True)
+    finally:
+        await asyncio.to_thread(stack.stop)
+        print("Stopped.", flush=True)
