@@ -15,12 +15,14 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 
 from shared.catalog import Catalog
 from shared.contract.events import EventType, schema_uri
 
+VN = ZoneInfo("Asia/Ho_Chi_Minh")
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô"]
 MIDDLE = ["Văn", "Thị", "Đức", "Minh", "Thu", "Ngọc", "Quang", "Hữu"]
 GIVEN = ["An", "Bình", "Chi", "Dũng", "Hà", "Hùng", "Lan", "Mai", "Nam", "Phương", "Quân", "Thảo", "Tuấn", "Yến"]
@@ -49,7 +51,7 @@ class Simulator:
     day_sequence: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def _code(self, unit_code: str, received: datetime) -> str:
-        key = (unit_code, received.strftime("%y%m%d"))
+        key = (unit_code, received.astimezone(VN).strftime("%y%m%d"))
         self.day_sequence[key] = self.day_sequence.get(key, 0) + 1
         return f"000.00.24.{unit_code}-{key[1]}-{self.day_sequence[key]:04d}"
 

@@ -241,7 +241,7 @@ def _channels() -> dict[str, dict[str, Any]]:
     for channel_id, (topic, members) in _channel_plan().items():
         description = notes[topic]
         if topic == topics.INGRESS:
-            description += "\n\n" + INGRESS_NOTE
+            description += " " + INGRESS_NOTE
         channels[channel_id] = {
             "address": topic,
             "description": description,
@@ -307,7 +307,8 @@ def asyncapi() -> dict[str, Any]:
             "version": f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}.0",
             "description": (
                 "How dossier lifecycle events move between commune systems and the platform's services. "
-                "Every topic is keyed by dossier code, so per-dossier order is partition order. Payload "
+                "The platform keys what it publishes by dossier code, so per-dossier order is partition order. "
+                "Payload "
                 "schemas live beside this file in `schemas/` and are generated from the code "
                 "(`python -m shared.contract.schemas`); the HTTP side is in each service's OpenAPI document."
             ),

@@ -91,11 +91,11 @@ class Stack:
     async def start_infrastructure(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        self.bootstrap_servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        self.bootstrap_servers = self.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
         if not self.bootstrap_servers:
             self.kafka = LocalKafka(self.run_dir / "kafka", self.ports.kafka, self.ports.controller)
             self.kafka.start()
-        self.database_url = os.environ.get("DATABASE_URL", "")
+        self.database_url = self.database_url or os.environ.get("DATABASE_URL", "")
         if not self.database_url:
             self.postgres = LocalPostgres(self.run_dir / "postgres" / "data", self.ports.postgres)
             self.database_url = await asyncio.to_thread(self.postgres.start)

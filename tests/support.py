@@ -1,0 +1,57 @@
+"""Helpers the test tiers share: event builders and waiting for a condition (never a fixed sleep)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from shared.catalog import Catalog
+from shared.contract.events import EventType, schema_uri
+
+VN = timezone(timedelta(hours=7))
+T = TypeVar("T")
+CATALOG = Catalog.load()
+PROCEDURE = next(p for p in CATALOG.procedures.values() if p.duration.amount >= 3)
+UNIT = next(u for u in CATALOG.units.values() if u.level == "commune")
+
+
+def dossier_code(day: datetime | None = None) -> str:
+    day = day or datetime.now(VN)
+    return f"000.00.24.{UNIT.code}-{day:%y%m%d}-{random.randrange(1, 10**4):04d}"
+
+
+def cloudevent(kind: EventType, code: str | None, data: dict[str, Any], *, at: datetime | None = None,
+               source: str = "urn:tthc:commune:test", event_id: str | None = None) -> dict[str, Any]:
+    event = {
+        "specversion": "1.0", "id": event_id or str(uuid.uuid4()), "source": source,
+        "type": kind.cloudevents_type, "time": (at or datetime.now(VN)).isoformat(),
+        "datacontenttype": "application/json", "dataschema": schema_uri(kind), "data": data,
+    }
+    if code is not None:
+        event["subject"] = code
+    return event
+
+
+def received_data(email: str = "nguyen.van.an@example.vn", channel: str = "direct") -> dict[str, Any]:
+    return {
+        "procedure_code": PROCEDURE.code, "unit_code": UNIT.code, "channel": channel,
+        "applicant": {"full_name": "Nguyễn Văn An", "id_number": "001203004567", "email": email,
+                      "phone": "0912345678", "notify_via": ["email"]},
+    }
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 60.0, what: str = "") -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value {last!r}")
