@@ -254,6 +254,7 @@ class Dossier(BaseModel):
                        "reason": event.data.get("reason"),
                        "time_used_ratio": clock.time_used_ratio(self.clock_started_at, at, due) if due else None}
         elif kind is EventType.RESULT_RETURNED:
+            self._require(kind, {DossierState.RESOLVED, DossierState.REJECTED})
             change["state"] = DossierState.RETURNED
         else:  # pragma: no cover - every type is handled above
             raise ImpossibleTransition(f"unhandled event type {kind.value}", state)

@@ -369,6 +369,19 @@ class Clock:
             self._walks[key] = found
         return found
 
+    def _closed(self, due_day: date, steps: list[ExplanationStep]) -> _DayWalk:
+        """A day walk ending with its "due" step (at the close of office hours), cached with the walk."""
+        due_at = self.closing_at(due_day)
+        steps.append(
+            ExplanationStep(
+                "due",
+                due_at.isoformat(),
+                f"Due {_instant_en(due_at)}, the close of office hours.",
+                f"Hạn giải quyết: {_instant_vi(due_at)}, hết giờ làm việc.",
+            )
+        )
+        return due_day, tuple(steps)
+
     def _walk_working_days(self, receipt_day: date, count: int) -> _DayWalk:
         steps = [
             ExplanationStep(
@@ -400,7 +413,7 @@ class Clock:
                 )
             )
         steps.extend(self._year_warnings(receipt_day, day))
-        return day, tuple(steps)
+        return self._closed(day, steps)
 
     def _walk_calendar_days(self, receipt_day: date, count: int) -> _DayWalk:
         steps = [
@@ -444,7 +457,7 @@ class Clock:
             )
             steps.extend(self._skips_between(last + _ONE_DAY, day))
         steps.extend(self._year_warnings(receipt_day, day))
-        return day, tuple(steps)
+        return self._closed(day, steps)
 
     def _walk_same_day(self, receipt_day: date, open_left: bool) -> _DayWalk:
         if open_left:
@@ -455,7 +468,7 @@ class Clock:
                 f"Thủ tục giải quyết trong ngày: hạn là cuối giờ làm việc ngày tiếp nhận, "
                 f"{_day_vi(receipt_day)}.",
             )
-            return receipt_day, (step, *self._year_warnings(receipt_day, receipt_day))
+            return self._closed(receipt_day, [step, *self._year_warnings(receipt_day, receipt_day)])
         day = self.calendar.next_working_day(receipt_day)
         steps = [self._skipped(receipt_day), *self._skips_between(receipt_day + _ONE_DAY, day)]
         steps.append(
@@ -469,7 +482,7 @@ class Clock:
             )
         )
         steps.extend(self._year_warnings(receipt_day, day))
-        return day, tuple(steps)
+        return self._closed(day, steps)
 
     def _explain_hours(self, start: datetime, due: datetime, amount: timedelta) -> list[ExplanationStep]:
         steps: list[ExplanationStep] = []
@@ -620,16 +633,7 @@ class Clock:
                 (start_day, unit, int(open_left)), lambda: self._walk_same_day(start_day, open_left)
             )
         steps.extend(day_steps)
-        due_at = self.closing_at(due_day)
-        steps.append(
-            ExplanationStep(
-                "due",
-                due_at.isoformat(),
-                f"Due {_instant_en(due_at)}, the close of office hours.",
-                f"Hạn giải quyết: {_instant_vi(due_at)}, hết giờ làm việc.",
-            )
-        )
-        return Deadline(due_at, tuple(steps), self.calendar.version, self._policy_version)
+        return Deadline(self.closing_at(due_day), tuple(steps), self.calendar.version, self._policy_version)
 
     def extend(self, deadline: Deadline, start: datetime, end: datetime, *, kind: str = "pause") -> Deadline:
         """Move a deadline later by the office time between `start` and `end` (a pause, or a supplement in

@@ -9,6 +9,7 @@ the models; rewrite them with `python -m shared.contract.schemas`.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,18 +54,20 @@ def schema_path(file_name: str) -> str:
     return f"{SCHEMA_DIR}/{file_name}"
 
 
-# ---- JSON Schemas --------------------------------------------------------------------------------------------
+# ---- JSON Schemas ------------------------------------------------------------------------------------------
 
 
 def _ecma_patterns(node: Any) -> Any:
     """Rewrite Python-only regex syntax in `pattern` keywords.
 
-    JSON Schema patterns are ECMA-262 regular expressions, and JavaScript validators reject Python's `(?P<name>`
-    named groups outright; `(?<name>` means the same in both languages.
+    JSON Schema patterns are ECMA-262 regular expressions, and JavaScript validators reject Python's
+    `(?P<name>` named groups outright; `(?<name>` means the same in both languages.
     """
     if isinstance(node, dict):
         return {
-            key: value.replace("(?P<", "(?<") if key == "pattern" and isinstance(value, str) else _ecma_patterns(value)
+            key: value.replace("(?P<", "(?<")
+            if key == "pattern" and isinstance(value, str)
+            else _ecma_patterns(value)
             for key, value in node.items()
         }
     if isinstance(node, list):
@@ -89,8 +92,8 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     """
     schemas = {ENVELOPE_FILE: _schema(CloudEvent, "validation")}
     for event_type in EventType:
-        # Several types share one data model (e.g. `Reasoned`); the title names the type, so each file reads on
-        # its own. The `$id` is the URI a commune puts in the envelope's `dataschema`.
+        # Several types share one data model (e.g. `Reasoned`); the title names the type, so each file reads
+        # on its own. The `$id` is the URI a commune puts in the envelope's `dataschema`.
         schemas[data_schema_file(event_type)] = _schema(
             DATA_MODELS[event_type], "validation", **{"$id": schema_uri(event_type)}
         ) | {"title": f"data of {event_type.cloudevents_type}"}
@@ -100,7 +103,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     return schemas
 
 
-# ---- AsyncAPI ------------------------------------------------------------------------------------------------
+# ---- AsyncAPI ----------------------------------------------------------------------------------------------
 # Every helper below builds fresh dicts: yaml.safe_dump writes a dict reached twice as an anchor and an alias
 # (&id001 / *id001), which many AsyncAPI tools and readers handle badly.
 
@@ -110,7 +113,7 @@ def _topic_notes() -> dict[str, str]:
     tree = ast.parse(Path(topics.__file__).read_text(encoding="utf-8"))
     notes: dict[str, str] = {}
     body = tree.body
-    for statement, following in zip(body, body[1:], strict=False):
+    for statement, following in itertools.pairwise(body):
         if (
             isinstance(statement, ast.AnnAssign | ast.Assign)
             and isinstance(following, ast.Expr)
@@ -165,7 +168,8 @@ def _ingress_message(event_type: EventType) -> dict[str, Any]:
             "dataschema": {
                 "type": "string",
                 "description": "Schema version of `data`, ending in MAJOR.MINOR; absent means "
-                f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}. A newer minor version is accepted, another major is refused.",
+                f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}. A newer minor version is accepted, another major is "
+                "refused.",
                 "examples": [schema_uri(event_type)],
             },
             "data": _file_ref(data_schema_file(event_type)),
@@ -189,8 +193,8 @@ def _messages() -> dict[str, dict[str, Any]]:
         "name": "EventAccepted",
         "title": "Accepted event",
         "summary": "An incoming event intake validated, deduplicated and keyed by its dossier code.",
-        "description": "The applicant's personal data is sealed (AES-256-GCM) in `applicant_sealed`, never in "
-        "plaintext.",
+        "description": "The applicant's personal data is sealed (AES-256-GCM) in `applicant_sealed`, never "
+        "in plaintext.",
         "contentType": "application/json",
         "payload": _file_ref(ACCEPTED_FILE),
         "bindings": _kafka_key(DOSSIER_KEY),
@@ -199,8 +203,8 @@ def _messages() -> dict[str, dict[str, Any]]:
         "name": "DossierLifecycleEvent",
         "title": "Canonical lifecycle event",
         "summary": "One per accepted event, with the dossier's state, due dates and timeliness.",
-        "description": "`id` is stable (dossier code and sequence): a consumer that sees it twice knows it is "
-        "a repeat.",
+        "description": "`id` is stable (dossier code and sequence): a consumer that sees it twice knows it "
+        "is a repeat.",
         "contentType": "application/json",
         "payload": _file_ref(LIFECYCLE_FILE),
         "bindings": _kafka_key(DOSSIER_KEY),
@@ -260,7 +264,8 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     ("intakeReceivesIngress", "intake", "receive", "ingress",
      "Intake authenticates, validates and deduplicates every event; the same path serves POST /v1/events."),
     ("intakeSendsAccepted", "intake", "send", "accepted",
-     "Intake publishes each newly accepted event, keyed by its dossier code (minted when the commune sent none)."),
+     "Intake publishes each newly accepted event, keyed by its dossier code (minted when the commune sent "
+     "none)."),
     ("intakeSendsRejections", "intake", "send", "rejections",
      "Intake publishes every event it refused, with the reason."),
     ("resolutionReceivesAccepted", "resolution", "receive", "accepted",
@@ -307,9 +312,8 @@ def asyncapi() -> dict[str, Any]:
             "version": f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}.0",
             "description": (
                 "How dossier lifecycle events move between commune systems and the platform's services. "
-                "The platform keys what it publishes by dossier code, so per-dossier order is partition order. "
-                "Payload "
-                "schemas live beside this file in `schemas/` and are generated from the code "
+                "The platform keys what it publishes by dossier code, so per-dossier order is partition "
+                "order. Payload schemas live beside this file in `schemas/` and are generated from the code "
                 "(`python -m shared.contract.schemas`); the HTTP side is in each service's OpenAPI document."
             ),
             "tags": [{"name": actor, "description": text} for actor, text in ACTORS.items()],

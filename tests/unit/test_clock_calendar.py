@@ -71,7 +71,8 @@ def test_swapped_weekdays_are_off_with_their_reason() -> None:
     for day in ("2024-04-29", "2025-05-02", "2026-01-02", "2026-08-31"):
         reason = CALENDAR.reason_not_working(date.fromisoformat(day))
         assert reason is not None, day
-        assert reason.reason_vi and reason.reason_en
+        assert reason.reason_vi
+        assert reason.reason_en
 
 
 def test_make_up_saturday_has_a_reason_with_a_source() -> None:
@@ -89,15 +90,18 @@ def test_holiday_names_in_both_languages() -> None:
     assert reason is not None
     assert reason.reason_vi == "Tết Nguyên Đán"
     assert reason.reason_en == "Lunar New Year"
-    assert reason.source is not None and "Điều 112" in reason.source
+    assert reason.source is not None
+    assert "Điều 112" in reason.source
 
 
 def test_weekend_reason() -> None:
     saturday = CALENDAR.reason_not_working(date(2025, 1, 11))
     sunday = CALENDAR.reason_not_working(date(2025, 1, 12))
-    assert saturday is not None and saturday.reason_en.startswith("Saturday")
+    assert saturday is not None
+    assert saturday.reason_en.startswith("Saturday")
     assert saturday.reason_vi.startswith("Thứ Bảy")
-    assert sunday is not None and sunday.reason_vi.startswith("Chủ nhật")
+    assert sunday is not None
+    assert sunday.reason_vi.startswith("Chủ nhật")
 
 
 NEIGHBOURS = [
@@ -162,7 +166,12 @@ def test_missing_next_year_needs_a_complete_file() -> None:
 
 
 def test_version_changes_whenever_data_changes() -> None:
-    entry = {"date": date(2031, 5, 2), "reason_vi": "Nghỉ hoán đổi", "reason_en": "Swapped day off", "source": "X"}
+    entry = {
+        "date": date(2031, 5, 2),
+        "reason_vi": "Nghỉ hoán đổi",
+        "reason_en": "Swapped day off",
+        "source": "X",
+    }
     base = WorkingCalendar([parse_overrides(_override(2031, days_off=[entry]))])
     same = WorkingCalendar([parse_overrides(_override(2031, days_off=[dict(entry)]))])
     edited = WorkingCalendar([parse_overrides(_override(2031, days_off=[{**entry, "source": "Y"}]))])
@@ -174,7 +183,12 @@ def test_version_changes_whenever_data_changes() -> None:
 
 def test_overrides_take_precedence_over_the_package() -> None:
     off = {"date": "2031-05-02", "reason_vi": "Nghỉ bù", "reason_en": "Bridge day", "source": "CV 1/VPCP"}
-    worked = {"date": "2031-05-10", "reason_vi": "Làm bù", "reason_en": "Make-up Saturday", "source": "CV 1/VPCP"}
+    worked = {
+        "date": "2031-05-10",
+        "reason_vi": "Làm bù",
+        "reason_en": "Make-up Saturday",
+        "source": "CV 1/VPCP",
+    }
     # 2031-04-30 is Wednesday, a package holiday; not_holidays turns it back into an ordinary weekday.
     not_holiday = {"date": "2031-04-30", "reason_en": "test: not a day off", "source": "test"}
     calendar = WorkingCalendar(
@@ -182,13 +196,17 @@ def test_overrides_take_precedence_over_the_package() -> None:
     )
     assert not calendar.is_working_day(date(2031, 5, 2))
     reason = calendar.reason_not_working(date(2031, 5, 2))
-    assert reason is not None and reason.reason_en == "Bridge day" and reason.source == "CV 1/VPCP"
+    assert reason is not None
+    assert reason.reason_en == "Bridge day"
+    assert reason.source == "CV 1/VPCP"
     assert calendar.is_working_day(date(2031, 5, 10))
     made_up = calendar.reason_working(date(2031, 5, 10))
-    assert made_up is not None and made_up.reason_vi == "Làm bù"
+    assert made_up is not None
+    assert made_up.reason_vi == "Làm bù"
     assert calendar.is_working_day(date(2031, 4, 30))
     note = calendar.reason_working(date(2031, 4, 30))
-    assert note is not None and "not a day off" in note.reason_en
+    assert note is not None
+    assert "not a day off" in note.reason_en
     # Without the files the package alone decides.
     bare = WorkingCalendar()
     assert not bare.is_working_day(date(2031, 4, 30))
@@ -201,7 +219,8 @@ def test_make_up_days_can_be_configured_off() -> None:
     calendar = WorkingCalendar.load(make_up_days_working=False)
     assert not calendar.is_working_day(date(2025, 4, 26))
     reason = calendar.reason_not_working(date(2025, 4, 26))
-    assert reason is not None and "not counted" in reason.reason_en
+    assert reason is not None
+    assert "not counted" in reason.reason_en
     assert "makeup:off" in calendar.version
     assert calendar.version != CALENDAR.version
     assert calendar.next_working_day(date(2025, 4, 25)) == date(2025, 4, 28)
@@ -217,8 +236,14 @@ BAD_OVERRIDES = [
         "not in 2031",
         id="wrong-year",
     ),
-    pytest.param(_override(2031, days_off=[{"date": "2031-01-02", "reason_en": "a"}]), "reason_vi", id="no-vi"),
-    pytest.param(_override(2031, days_off=[{"date": "02/01/2031", "reason_vi": "a", "reason_en": "a"}]), "date", id="date"),
+    pytest.param(
+        _override(2031, days_off=[{"date": "2031-01-02", "reason_en": "a"}]), "reason_vi", id="no-vi"
+    ),
+    pytest.param(
+        _override(2031, days_off=[{"date": "02/01/2031", "reason_vi": "a", "reason_en": "a"}]),
+        "date",
+        id="date",
+    ),
     pytest.param(
         _override(
             2031,
@@ -243,7 +268,9 @@ def test_two_files_for_one_year_are_refused() -> None:
 
 
 def test_file_name_must_match_its_year(tmp_path: Path) -> None:
-    (tmp_path / "vn-2031.toml").write_text('year = 2032\nversion = "2032.1"\ncomplete = true\n', encoding="utf-8")
+    (tmp_path / "vn-2031.toml").write_text(
+        'year = 2032\nversion = "2032.1"\ncomplete = true\n', encoding="utf-8"
+    )
     with pytest.raises(ValueError, match="file name"):
         WorkingCalendar.load(tmp_path)
 

@@ -11,6 +11,7 @@ from shared.clock import (
     LOCAL_ZONE,
     Clock,
     CompletionGranularity,
+    ExplanationStep,
     OfficeHours,
     Policy,
     SupplementMode,
@@ -35,32 +36,54 @@ def at(text: str) -> datetime:
 # received (local unless offset given), duration, cutoff, due (local). Hand-checked; see docs/timeliness.md.
 WORKED = [
     # Tết 2025: Sat 25/1 - Sun 2/2 off (27-31/1 Tết, 1/2 Sat, the rest weekends).
-    pytest.param("2025-01-24T16:00", "3 working_days", None, "2025-02-05T17:00", id="tet2025-3wd-from-friday"),
+    pytest.param(
+        "2025-01-24T16:00", "3 working_days", None, "2025-02-05T17:00", id="tet2025-3wd-from-friday"
+    ),
     pytest.param("2025-01-23T10:00", "1 working_days", None, "2025-01-24T17:00", id="tet2025-1wd-thursday"),
     pytest.param("2025-01-23T10:00", "2 working_days", None, "2025-02-03T17:00", id="tet2025-2wd-thursday"),
-    pytest.param("2025-01-29T09:00", "1 working_days", None, "2025-02-04T17:00", id="tet2025-received-on-tet"),
-    pytest.param("2025-01-24T17:30", "1 working_days", None, "2025-02-04T17:00", id="tet2025-after-hours-friday"),
-    pytest.param("2025-01-20T10:00", "10 calendar_days", None, "2025-02-03T17:00", id="tet2025-calendar-days"),
+    pytest.param(
+        "2025-01-29T09:00", "1 working_days", None, "2025-02-04T17:00", id="tet2025-received-on-tet"
+    ),
+    pytest.param(
+        "2025-01-24T17:30", "1 working_days", None, "2025-02-04T17:00", id="tet2025-after-hours-friday"
+    ),
+    pytest.param(
+        "2025-01-20T10:00", "10 calendar_days", None, "2025-02-03T17:00", id="tet2025-calendar-days"
+    ),
     pytest.param("2025-01-24T15:30", "same_day", "15:00", "2025-02-03T17:00", id="tet2025-cutoff-friday"),
     # Tết 2026: Sat 14/2 - Sun 22/2 off.
     pytest.param("2026-02-13T10:00", "1 working_days", None, "2026-02-23T17:00", id="tet2026-1wd-friday"),
     pytest.param("2026-02-11T09:00", "5 working_days", None, "2026-02-25T17:00", id="tet2026-5wd-wednesday"),
     pytest.param("2026-02-13T15:00", "4 working_hours", None, "2026-02-23T09:30", id="tet2026-working-hours"),
     # 30/4-1/5 2024: off Sat 27/4 - Wed 1/5 (Mon 29/4 swapped), Sat 4/5 worked.
-    pytest.param("2024-04-26T10:00", "3 working_days", None, "2024-05-04T17:00", id="2024-ends-on-make-up-sat"),
+    pytest.param(
+        "2024-04-26T10:00", "3 working_days", None, "2024-05-04T17:00", id="2024-ends-on-make-up-sat"
+    ),
     pytest.param("2024-04-26T10:00", "4 working_days", None, "2024-05-06T17:00", id="2024-past-make-up-sat"),
-    pytest.param("2024-05-04T09:00", "1 working_days", None, "2024-05-06T17:00", id="2024-received-make-up-sat"),
+    pytest.param(
+        "2024-05-04T09:00", "1 working_days", None, "2024-05-06T17:00", id="2024-received-make-up-sat"
+    ),
     # 30/4-1/5 2025: Sat 26/4 worked, off Wed 30/4 - Sun 4/5 (Fri 2/5 swapped).
-    pytest.param("2025-04-24T10:00", "2 working_days", None, "2025-04-26T17:00", id="2025-ends-on-make-up-sat"),
+    pytest.param(
+        "2025-04-24T10:00", "2 working_days", None, "2025-04-26T17:00", id="2025-ends-on-make-up-sat"
+    ),
     pytest.param("2025-04-24T10:00", "3 working_days", None, "2025-04-28T17:00", id="2025-past-make-up-sat"),
     pytest.param("2025-04-26T10:00", "same_day", None, "2025-04-26T17:00", id="2025-same-day-make-up-sat"),
-    pytest.param("2025-04-29T10:00", "1 working_days", None, "2025-05-05T17:00", id="2025-across-swapped-friday"),
+    pytest.param(
+        "2025-04-29T10:00", "1 working_days", None, "2025-05-05T17:00", id="2025-across-swapped-friday"
+    ),
     # Year boundaries: 1/1 off; 2026 also Fri 2/1 off (swap) and Sat 10/1 worked.
     pytest.param("2024-12-31T16:00", "2 working_days", None, "2025-01-03T17:00", id="year-end-2024"),
     pytest.param("2025-12-31T10:00", "1 working_days", None, "2026-01-05T17:00", id="year-end-2025"),
-    pytest.param("2025-12-31T10:00", "6 working_days", None, "2026-01-10T17:00", id="year-end-2025-make-up-sat"),
-    pytest.param("2025-12-29T10:00", "3 calendar_days", None, "2026-01-05T17:00", id="year-end-calendar-days"),
-    pytest.param("2025-12-31T16:00", "2 working_hours", None, "2026-01-05T08:30", id="year-end-working-hours"),
+    pytest.param(
+        "2025-12-31T10:00", "6 working_days", None, "2026-01-10T17:00", id="year-end-2025-make-up-sat"
+    ),
+    pytest.param(
+        "2025-12-29T10:00", "3 calendar_days", None, "2026-01-05T17:00", id="year-end-calendar-days"
+    ),
+    pytest.param(
+        "2025-12-31T16:00", "2 working_hours", None, "2026-01-05T08:30", id="year-end-working-hours"
+    ),
     # The 15:00 cutoff (civil status, certification): strictly after 15:00 counts from the next working day.
     pytest.param("2025-01-13T14:59", "same_day", "15:00", "2025-01-13T17:00", id="cutoff-before"),
     pytest.param("2025-01-13T15:00", "same_day", "15:00", "2025-01-13T17:00", id="cutoff-exactly"),
@@ -69,10 +92,14 @@ WORKED = [
     pytest.param("2025-01-13T15:30", "2 working_days", "15:00", "2025-01-16T17:00", id="cutoff-working-days"),
     pytest.param("2025-01-13T15:30", "2 working_days", None, "2025-01-15T17:00", id="no-cutoff-working-days"),
     pytest.param("2025-01-13T16:30", "same_day", None, "2025-01-13T17:00", id="same-day-no-cutoff"),
-    pytest.param("2025-01-13T15:30", "2 working_hours", "15:00", "2025-01-14T09:30", id="cutoff-working-hours"),
+    pytest.param(
+        "2025-01-13T15:30", "2 working_hours", "15:00", "2025-01-14T09:30", id="cutoff-working-hours"
+    ),
     # Working hours: 07:30-11:30, 13:00-17:00.
     pytest.param("2025-01-13T10:00", "4 working_hours", None, "2025-01-13T15:30", id="hours-across-lunch"),
-    pytest.param("2025-01-13T12:00", "2 working_hours", None, "2025-01-13T15:00", id="hours-received-at-lunch"),
+    pytest.param(
+        "2025-01-13T12:00", "2 working_hours", None, "2025-01-13T15:00", id="hours-received-at-lunch"
+    ),
     pytest.param("2025-01-13T09:30", "2 working_hours", None, "2025-01-13T11:30", id="hours-end-at-lunch"),
     pytest.param("2025-01-13T15:00", "4 working_hours", None, "2025-01-14T09:30", id="hours-across-evening"),
     pytest.param("2025-01-10T16:00", "8 working_hours", None, "2025-01-13T16:00", id="hours-across-weekend"),
@@ -88,19 +115,27 @@ WORKED = [
     pytest.param("2025-01-13T16:59", "1 working_days", None, "2025-01-14T17:00", id="at-16-59"),
     pytest.param("2025-01-13T17:30", "same_day", None, "2025-01-14T17:00", id="after-17-same-day"),
     # Calendar days: receipt day not counted; a last day off moves to the next working day.
-    pytest.param("2025-01-06T10:00", "5 calendar_days", None, "2025-01-13T17:00", id="calendar-ends-saturday"),
+    pytest.param(
+        "2025-01-06T10:00", "5 calendar_days", None, "2025-01-13T17:00", id="calendar-ends-saturday"
+    ),
     pytest.param("2025-01-07T10:00", "5 calendar_days", None, "2025-01-13T17:00", id="calendar-ends-sunday"),
-    pytest.param("2025-01-06T10:00", "10 calendar_days", None, "2025-01-16T17:00", id="calendar-ends-weekday"),
+    pytest.param(
+        "2025-01-06T10:00", "10 calendar_days", None, "2025-01-16T17:00", id="calendar-ends-weekday"
+    ),
     # Instants in other zones are the same instants: reasoning is in Vietnam time.
     pytest.param("2025-01-13T03:00+00:00", "1 working_days", None, "2025-01-14T17:00", id="utc-input"),
-    pytest.param("2025-01-12T23:00+00:00", "1 working_days", None, "2025-01-14T17:00", id="utc-previous-evening"),
+    pytest.param(
+        "2025-01-12T23:00+00:00", "1 working_days", None, "2025-01-14T17:00", id="utc-previous-evening"
+    ),
     pytest.param("2025-01-13T10:30+00:00", "1 working_days", None, "2025-01-15T17:00", id="utc-after-hours"),
 ]
 
 
 @pytest.mark.parametrize(("received", "duration", "cutoff", "due"), WORKED)
 def test_worked_examples(received: str, duration: str, cutoff: str | None, due: str) -> None:
-    deadline = CLOCK.due(at(received), Duration.parse(duration), time.fromisoformat(cutoff) if cutoff else None)
+    deadline = CLOCK.due(
+        at(received), Duration.parse(duration), time.fromisoformat(cutoff) if cutoff else None
+    )
     assert deadline.due_at == at(due)
     assert deadline.due_at.tzinfo == LOCAL_ZONE
     assert deadline.calendar_version == CALENDAR.version
@@ -132,15 +167,18 @@ def test_worked_examples_literal_policy(received: str, duration: str, due: str) 
 # ---- explanations -----------------------------------------------------------------------------------------
 
 
-def _kinds(steps: tuple[object, ...]) -> list[str]:
-    return [getattr(step, "kind") for step in steps]
+def _kinds(steps: tuple[ExplanationStep, ...]) -> list[str]:
+    return [step.kind for step in steps]
 
 
 def test_explanation_names_every_skipped_and_counted_day() -> None:
     deadline = CLOCK.due(at("2025-01-24T16:00"), Duration.parse("3 working_days"))
     skipped = [step for step in deadline.explanation if step.kind == "skipped_day"]
     counted = [step for step in deadline.explanation if step.kind == "counted_day"]
-    assert [step.at for step in skipped] == [f"2025-01-{d}" for d in range(25, 32)] + ["2025-02-01", "2025-02-02"]
+    assert [step.at for step in skipped] == [f"2025-01-{d}" for d in range(25, 32)] + [
+        "2025-02-01",
+        "2025-02-02",
+    ]
     assert [step.at for step in counted] == ["2025-02-03", "2025-02-04", "2025-02-05"]
     by_day = {step.at: step for step in skipped}
     assert "Lunar New Year" in by_day["2025-01-29"].text_en
@@ -150,7 +188,8 @@ def test_explanation_names_every_skipped_and_counted_day() -> None:
     assert by_day["2025-01-29"].source is not None
     not_counted = next(step for step in deadline.explanation if step.kind == "not_counted")
     assert not_counted.at == "2025-01-24"
-    assert not_counted.source is not None and "147" in not_counted.source
+    assert not_counted.source is not None
+    assert "147" in not_counted.source
 
 
 def test_explanation_names_the_swap_and_the_make_up_saturday() -> None:
@@ -160,14 +199,18 @@ def test_explanation_names_the_swap_and_the_make_up_saturday() -> None:
     assert "04/05/2024" in steps["2024-04-29"].text_vi  # the package's swap name
     assert steps["2024-05-04"].kind == "counted_day"
     assert "Make-up Saturday" in steps["2024-05-04"].text_en
-    assert steps["2024-05-04"].source is not None and "2450" in steps["2024-05-04"].source
+    assert steps["2024-05-04"].source is not None
+    assert "2450" in steps["2024-05-04"].source
 
 
 def test_explanation_of_cutoff_and_after_hours() -> None:
     cutoff = CLOCK.due(at("2025-01-10T15:30"), Duration.parse("same_day"), time(15, 0))
     assert _kinds(cutoff.explanation)[:2] == ["receipt", "cutoff"]
     assert cutoff.explanation[1].at == "2025-01-13T07:30:00+07:00"
-    assert {step.at for step in cutoff.explanation if step.kind == "skipped_day"} == {"2025-01-11", "2025-01-12"}
+    assert {step.at for step in cutoff.explanation if step.kind == "skipped_day"} == {
+        "2025-01-11",
+        "2025-01-12",
+    }
     after = CLOCK.due(at("2025-01-13T17:30"), Duration.parse("2 working_days"))
     assert _kinds(after.explanation)[:3] == ["receipt", "after_hours", "not_counted"]
     saturday = CLOCK.due(at("2025-01-11T09:00"), Duration.parse("1 working_days"))
@@ -180,7 +223,8 @@ def test_explanation_of_calendar_days_rolled_forward() -> None:
     assert counted == [f"2025-01-{d:02d}" for d in range(7, 12)]
     rolled = next(step for step in deadline.explanation if step.kind == "rolled_forward")
     assert rolled.at == "2025-01-11"
-    assert rolled.source is not None and "148" in rolled.source
+    assert rolled.source is not None
+    assert "148" in rolled.source
     assert [step.at for step in deadline.explanation if step.kind == "skipped_day"] == ["2025-01-12"]
 
 
@@ -188,8 +232,12 @@ def test_explanation_of_working_hours_per_day() -> None:
     deadline = CLOCK.due(at("2025-01-10T16:00"), Duration.parse("8 working_hours"))
     counted = [step for step in deadline.explanation if step.kind == "counted_day"]
     assert [step.at for step in counted] == ["2025-01-10", "2025-01-13"]
-    assert "1 h" in counted[0].text_en and "7 h" in counted[1].text_en
-    assert [step.at for step in deadline.explanation if step.kind == "skipped_day"] == ["2025-01-11", "2025-01-12"]
+    assert "1 h" in counted[0].text_en
+    assert "7 h" in counted[1].text_en
+    assert [step.at for step in deadline.explanation if step.kind == "skipped_day"] == [
+        "2025-01-11",
+        "2025-01-12",
+    ]
 
 
 def test_incomplete_year_is_flagged_in_the_explanation() -> None:
@@ -311,7 +359,9 @@ def test_classify_open_paused_and_awaiting_supplement_take_precedence() -> None:
     late = at("2025-01-20T10:00")
     assert CLOCK.classify_open(late, DUE, paused=True) is OpenState.PAUSED
     assert CLOCK.classify_open(late, DUE, awaiting_supplement=True) is OpenState.AWAITING_SUPPLEMENT
-    assert CLOCK.classify_open(late, DUE, paused=True, awaiting_supplement=True) is OpenState.AWAITING_SUPPLEMENT
+    assert (
+        CLOCK.classify_open(late, DUE, paused=True, awaiting_supplement=True) is OpenState.AWAITING_SUPPLEMENT
+    )
 
 
 DUE_SOON_AT = [

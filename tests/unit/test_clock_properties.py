@@ -38,7 +38,9 @@ MINUTES = st.builds(
     st.integers(min_value=0, max_value=24 * 60 - 1),
 )
 
-COUNTED_UNITS = st.sampled_from([DurationUnit.WORKING_DAYS, DurationUnit.WORKING_HOURS, DurationUnit.CALENDAR_DAYS])
+COUNTED_UNITS = st.sampled_from(
+    [DurationUnit.WORKING_DAYS, DurationUnit.WORKING_HOURS, DurationUnit.CALENDAR_DAYS]
+)
 DURATIONS = st.one_of(
     st.just(Duration(0, DurationUnit.SAME_DAY)),
     st.builds(Duration, st.integers(min_value=1, max_value=60), COUNTED_UNITS),
@@ -90,7 +92,9 @@ def test_n_working_days_count_exactly_n_days_after_the_receipt_day(
     assert len(counted) == amount
     receipt_day = date.fromisoformat(next(s.at for s in deadline.explanation if s.kind == "not_counted"))
     due_day = _local(deadline.due_at).date()
-    assert CALENDAR.working_days_between(receipt_day + timedelta(days=1), due_day + timedelta(days=1)) == amount
+    assert (
+        CALENDAR.working_days_between(receipt_day + timedelta(days=1), due_day + timedelta(days=1)) == amount
+    )
     # Every day between the receipt day and the due day is explained, once.
     explained = [s.at for s in deadline.explanation if s.kind in {"counted_day", "skipped_day"}]
     span = (due_day - receipt_day).days
@@ -154,7 +158,9 @@ def test_subtract_office_time_is_the_earliest_instant_with_that_much_left(
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
 @given(clock=CLOCKS, a=INSTANTS, b=INSTANTS)
-def test_office_time_between_matches_a_reference_and_is_additive(clock: Clock, a: datetime, b: datetime) -> None:
+def test_office_time_between_matches_a_reference_and_is_additive(
+    clock: Clock, a: datetime, b: datetime
+) -> None:
     start, end = sorted((a, b))
     middle = start + (end - start) / 3
     measured = clock.office_time_between(start, end)
@@ -164,13 +170,17 @@ def test_office_time_between_matches_a_reference_and_is_additive(clock: Clock, a
 
 
 @given(clock=CLOCKS, due=INSTANTS, first=INSTANTS, second=INSTANTS)
-def test_classify_completion_is_monotone(clock: Clock, due: datetime, first: datetime, second: datetime) -> None:
+def test_classify_completion_is_monotone(
+    clock: Clock, due: datetime, first: datetime, second: datetime
+) -> None:
     earlier, later = sorted((first, second))
     assert RANK[clock.classify_completion(earlier, due)] <= RANK[clock.classify_completion(later, due)]
 
 
 @given(clock=CLOCKS, received=INSTANTS, duration=DURATIONS)
-def test_completion_at_the_due_instant_is_on_time(clock: Clock, received: datetime, duration: Duration) -> None:
+def test_completion_at_the_due_instant_is_on_time(
+    clock: Clock, received: datetime, duration: Duration
+) -> None:
     due = clock.due(received, duration).due_at
     assert clock.classify_completion(due, due) is Timeliness.ON_TIME
     assert clock.classify_completion(due + timedelta(seconds=1), due) is Timeliness.LATE

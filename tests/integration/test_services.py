@@ -1,0 +1,154 @@
+"""Intake and resolution, each in-process against the real broker and database."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI
+
+from services.intake.app import build_app as build_intake
+from services.intake.settings import IntakeSettings
+from services.resolution.app import build_app as build_resolution
+from services.resolution.settings import ResolutionSettings
+from shared.contract import topics
+from shared.contract.events import EventType
+from shared.contract.lifecycle import EventAccepted
+from tests.conftest import Infra
+from tests.support import cloudevent, dossier_code, eventually, received_data
+
+pytestmark = pytest.mark.integration
+
+
+async def records(bootstrap: str, topic: str, match: Any, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """At least `count` JSON records on `topic` for which `match` holds, reading from the beginning."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    found: list[dict[str, Any]] = []
+    try:
+        async def enough() -> bool:
+            for batch in (await consumer.getmany(timeout_ms=300)).values():
+                found.extend(value for r in batch if match(value := json.loads(r.value)))
+            return len(found) >= count
+
+        await eventually(enough, timeout, what=f"{count} records on {topic}")
+        # Read on a little so that an unwanted extra record would be seen too.
+        for batch in (await consumer.getmany(timeout_ms=1000)).values():
+            found.extend(value for r in batch if match(value := json.loads(r.value)))
+        return found
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def intake(infra: Infra, database_url: str, data_keys: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = IntakeSettings(KAFKA_BOOTSTRAP_SERVERS=infra.bootstrap_servers, DATABASE_URL=database_url,
+                              TTHC_DATA_KEYS=data_keys, TTHC_TOPIC_PARTITIONS=3)
+    app: FastAPI = build_intake(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://intake") as client:
+        yield client
+
+
+CE = {"content-type": "application/cloudevents+json"}
+
+
+async def test_intake_accepts_once_and_answers_repeats_as_duplicates(intake: httpx.AsyncClient, infra: Infra) -> None:
+    code = dossier_code()
+    event = cloudevent(EventType.RECEIVED, code, received_data())
+    first = await intake.post("/v1/events", json=event, headers=CE)
+    again = await intake.post("/v1/events", json=event, headers=CE)
+    assert (first.status_code, first.json()["status"]) == (202, "accepted")
+    assert (again.status_code, again.json()) == (200, {"status": "duplicate", "id": event["id"], "dossier_code": code})
+    passed_on = await records(infra.bootstrap_servers, topics.ACCEPTED, lambda r: r["dossier_code"] == code, 1)
+    assert len(passed_on) == 1
+    accepted = EventAccepted.model_validate(passed_on[0])
+    assert accepted.applicant_sealed and "applicant" not in accepted.data
+    assert "001203004567" not in json.dumps(passed_on[0])
+
+
+async def test_intake_mints_a_code_and_gives_the_same_one_on_retry(intake: httpx.AsyncClient) -> None:
+    event = cloudevent(EventType.RECEIVED, None, received_data())
+    first = (await intake.post("/v1/events", json=event, headers=CE)).json()
+    again = (await intake.post("/v1/events", json=event, headers=CE)).json()
+    assert re.fullmatch(r"000\.00\.24\.\d{5}-\d{6}-0001", first["dossier_code"])
+    assert again == {"status": "duplicate", "id": event["id"], "dossier_code": first["dossier_code"]}
+    second = (await intake.post("/v1/events", json=cloudevent(EventType.RECEIVED, None, received_data()),
+                                headers=CE)).json()
+    assert second["dossier_code"].endswith("-0002")
+
+
+async def test_intake_refuses_with_reasons_on_http_and_the_rejections_topic(
+        intake: httpx.AsyncClient, infra: Infra) -> None:
+    code = dossier_code()
+    bad = cloudevent(EventType.REJECTED, code, {})
+    answer = await intake.post("/v1/events", json=bad, headers=CE)
+    assert answer.status_code == 422
+    assert answer.json()["reason"] == "invalid_data"
+    assert answer.json()["problems"] == [{"field": "data.reason", "problem": "Field required"}]
+    malformed = await intake.post("/v1/events", content=b"{oops", headers=CE)
+    assert (malformed.status_code, malformed.json()["reason"]) == (400, "malformed_json")
+    huge = await intake.post("/v1/events", content=b"[" + b" " * (5 * 1024 * 1024) + b"]", headers=CE)
+    assert (huge.status_code, huge.json()["reason"]) == (413, "payload_too_large")
+    batch = [cloudevent(EventType.RECEIVED, code, received_data()), {"specversion": "1.0"}]
+    mixed = await intake.post("/v1/events", json=batch, headers={"content-type": "application/cloudevents-batch+json"})
+    assert mixed.status_code == 207
+    assert [item["status"] for item in mixed.json()["results"]] == ["accepted", "rejected"]
+    refused = await records(infra.bootstrap_servers, topics.REJECTIONS, lambda r: r.get("subject") == code, 1)
+    assert refused[0]["reason"] == "invalid_data" and refused[0]["stage"] == "intake"
+
+
+@pytest.fixture
+async def resolution(infra: Infra, database_url: str, data_keys: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = ResolutionSettings(KAFKA_BOOTSTRAP_SERVERS=infra.bootstrap_servers, DATABASE_URL=database_url,
+                                  TTHC_DATA_KEYS=data_keys, TTHC_TOPIC_PARTITIONS=3)
+    app: FastAPI = build_resolution(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://resolution") as client:
+        yield client
+
+
+def accepted(kind: EventType, code: str, data: dict[str, Any], **extra: Any) -> bytes:
+    event = cloudevent(kind, code, data, **extra)
+    data = dict(event["data"])
+    data.pop("applicant", None)
+    return EventAccepted(id=event["id"], source=event["source"], event_type=kind, dossier_code=code,
+                         occurred_at=event["time"], accepted_at=event["time"], data=data).model_dump_json().encode()
+
+
+async def test_resolution_folds_dedupes_refuses_and_publishes(resolution: httpx.AsyncClient, infra: Infra) -> None:
+    code = dossier_code()
+    received = accepted(EventType.RECEIVED, code, received_data())
+    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers)
+    await producer.start()
+    try:
+        for payload in (received, received,  # a redelivery changes nothing
+                        accepted(EventType.APOLOGY_ISSUED, code, {"reason": "Chờ xác minh",
+                                                                   "new_appointment_at": "2099-01-01T17:00:00+07:00"}),
+                        accepted(EventType.RESULT_RETURNED, code, {}),  # not resolved yet: impossible
+                        accepted(EventType.RESOLVED, code, {})):
+            await producer.send_and_wait(topics.ACCEPTED, payload, key=code.encode())
+    finally:
+        await producer.stop()
+
+    async def resolved() -> dict[str, Any] | None:
+        reply = await resolution.get(f"/v1/dossiers/{code}")
+        return reply.json() if reply.status_code == 200 and reply.json()["state"] == "resolved" else None
+
+    dossier = await eventually(resolved, what="the dossier resolved")
+    assert [e["event_type"] for e in dossier["timeline"]] == ["received", "apology_issued", "resolved"]
+    assert dossier["apology_issued"] and dossier["appointment_at"].startswith("2099-01-01")
+    canonical = await records(infra.bootstrap_servers, topics.LIFECYCLE, lambda r: r["dossier_code"] == code, 3)
+    assert [c["sequence"] for c in canonical] == [1, 2, 3]
+    assert canonical[0]["legal_due_at"] == canonical[2]["legal_due_at"]  # the apology moves only the appointment
+    refused = await records(infra.bootstrap_servers, topics.REJECTIONS,
+                            lambda r: r.get("subject") == code and r["stage"] == "resolution", 1)
+    assert len(refused) == 1
+    assert refused[0]["reason"] == "impossible_transition"
+    assert refused[0]["dossier_state"] == "received"
+    assert (await resolution.get("/v1/dossiers/000.00.24.07420-261125-0000")).status_code == 404
