@@ -59,7 +59,7 @@ class Keyring:
         return f"{_PREFIX}.{key_id}.{_b64(nonce + AESGCM(key).encrypt(nonce, plaintext, context.encode()))}"
 
     def open(self, sealed: str, context: str) -> bytes:
-        prefix, key_id, body = (sealed.split(".", 2) + ["", ""])[:3]
+        prefix, key_id, body = ([*sealed.split(".", 2), "", ""])[:3]
         key = dict(self.keys).get(key_id)
         if prefix != _PREFIX or key is None:
             raise SealError("sealed with an unknown key")

@@ -211,7 +211,7 @@ class Dossier(BaseModel):
                            "explanation": [_step_json(step) for step in deadline.explanation]}
                 if not self.apology_issued:
                     change["appointment_at"] = deadline.due_at
-                note = f"complete dossier received: the clock restarts from zero (Decree 61/2018 art. 19.4)"
+                note = "complete dossier received: the clock restarts from zero (Decree 61/2018 art. 19.4)"
             else:
                 change |= self._moved_by_stop(clock, at)
                 note = "supplement received: the due instant moves by the office time waited (Decision 766)"

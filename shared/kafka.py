@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiokafka import AIOKafkaProducer
@@ -44,9 +45,7 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [NewTopic(name, partitions, replication) for name in names if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another instance created them first
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another instance created them first
     finally:
         await admin.close()

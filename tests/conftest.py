@@ -78,7 +78,7 @@ async def fresh_database(infra: Infra) -> str:
 
 @pytest.fixture
 async def database_url(infra: Infra) -> AsyncIterator[str]:
-    yield await fresh_database(infra)
+    return await fresh_database(infra)
 
 
 @pytest.fixture(scope="session")

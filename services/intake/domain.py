@@ -10,7 +10,14 @@ from datetime import datetime
 from typing import Any
 
 from shared.catalog import Catalog
-from shared.contract.events import EventType, IncomingEvent, Received, StepCompleted, StepStarted, parse_cloudevent
+from shared.contract.events import (
+    EventType,
+    IncomingEvent,
+    Received,
+    StepCompleted,
+    StepStarted,
+    parse_cloudevent,
+)
 from shared.contract.lifecycle import EventAccepted
 from shared.contract.rejections import EventRefused, RejectionReason, RejectionRecorded, Stage
 from shared.crypto import Keyring

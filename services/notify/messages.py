@@ -12,7 +12,8 @@ from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, Timeliness
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-_env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, autoescape=False,
+# Plain-text email and SMS bodies: HTML escaping would corrupt them, and nothing here is rendered as HTML.
+_env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, autoescape=False,  # noqa: S701
                    keep_trailing_newline=True)
 
 TEMPLATE_FOR: dict[EventType, str] = {

@@ -48,7 +48,7 @@ class OutboxRelay:
                 async with self.pool.acquire() as listener:
                     await listener.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
                     while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
-                        await asyncio.sleep(1.0)  # another instance relays; take over when it goes
+                        await asyncio.sleep(1.0)
                     try:
                         await self._drain_forever()
                     finally:

@@ -108,7 +108,7 @@ class LocalKafka:
 
     def _java(self, libs: Path) -> list[str]:
         return [
-            "java", f"-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "java", "-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             f"-Dkafka.logs.dir={self.state_dir / 'logs'}", "-cp", f"{libs}/*",
         ]

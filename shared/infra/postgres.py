@@ -7,14 +7,13 @@ root, so when we are root the server runs as a dedicated system user, as the whe
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pwd
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-
-import importlib.util
-import pwd
-import stat
 
 DATABASE = "tthc"
 SERVER_USER = "embedded_postgres"
@@ -54,7 +53,8 @@ def _system_user(data_dir: Path) -> str | None:
         Path(folder).chmod(0o755)
         for name in files:
             file = Path(folder) / name
-            file.chmod(file.stat().st_mode | stat.S_IROTH | stat.S_IRGRP | (stat.S_IXOTH if os.access(file, os.X_OK) else 0))
+            execute = stat.S_IXOTH | stat.S_IXGRP if os.access(file, os.X_OK) else 0
+            file.chmod(file.stat().st_mode | stat.S_IROTH | stat.S_IRGRP | execute)
     os.chown(data_dir, entry.pw_uid, entry.pw_gid)
     return SERVER_USER
 
@@ -83,7 +83,8 @@ class LocalPostgres:
         user = _system_user(self.data_dir)
         if user is not None:
             self.log_file.touch()
-            os.chmod(self.log_file, 0o666)
+            # The server runs as another user and must append to the log this process created.
+            self.log_file.chmod(0o666)
         if not (self.data_dir / "PG_VERSION").exists():
             done = self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
                              "--encoding=UTF8", "--no-sync", user=user)

@@ -68,7 +68,8 @@ async def test_intake_accepts_once_and_answers_repeats_as_duplicates(intake: htt
     passed_on = await records(infra.bootstrap_servers, topics.ACCEPTED, lambda r: r["dossier_code"] == code, 1)
     assert len(passed_on) == 1
     accepted = EventAccepted.model_validate(passed_on[0])
-    assert accepted.applicant_sealed and "applicant" not in accepted.data
+    assert accepted.applicant_sealed
+    assert "applicant" not in accepted.data
     assert "001203004567" not in json.dumps(passed_on[0])
 
 
@@ -100,7 +101,8 @@ async def test_intake_refuses_with_reasons_on_http_and_the_rejections_topic(
     assert mixed.status_code == 207
     assert [item["status"] for item in mixed.json()["results"]] == ["accepted", "rejected"]
     refused = await records(infra.bootstrap_servers, topics.REJECTIONS, lambda r: r.get("subject") == code, 1)
-    assert refused[0]["reason"] == "invalid_data" and refused[0]["stage"] == "intake"
+    assert refused[0]["reason"] == "invalid_data"
+    assert refused[0]["stage"] == "intake"
 
 
 @pytest.fixture
@@ -142,7 +144,8 @@ async def test_resolution_folds_dedupes_refuses_and_publishes(resolution: httpx.
 
     dossier = await eventually(resolved, what="the dossier resolved")
     assert [e["event_type"] for e in dossier["timeline"]] == ["received", "apology_issued", "resolved"]
-    assert dossier["apology_issued"] and dossier["appointment_at"].startswith("2099-01-01")
+    assert dossier["apology_issued"]
+    assert dossier["appointment_at"].startswith("2099-01-01")
     canonical = await records(infra.bootstrap_servers, topics.LIFECYCLE, lambda r: r["dossier_code"] == code, 3)
     assert [c["sequence"] for c in canonical] == [1, 2, 3]
     assert canonical[0]["legal_due_at"] == canonical[2]["legal_due_at"]  # the apology moves only the appointment
