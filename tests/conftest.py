@@ -41,9 +41,9 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         from testcontainers.kafka import KafkaContainer
         from testcontainers.postgres import PostgresContainer
 
-        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka, PostgresContainer("postgres:17") as pg:
+        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as broker, PostgresContainer("postgres:17") as pg:
             url = pg.get_connection_url().replace("postgresql+psycopg2://", "postgresql://")
-            yield Infra(kafka.get_bootstrap_server(), url)
+            yield Infra(broker.get_bootstrap_server(), url)
         return
     home = tmp_path_factory.mktemp("infra")
     kafka = LocalKafka(home / "kafka", free_port(), free_port())

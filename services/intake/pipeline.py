@@ -140,7 +140,7 @@ class IntakePipeline:
                 self.metrics.rejections.labels(outcome.reason).inc()
         return [outcome for outcome in outcomes if outcome is not None]
 
-    async def _pass_on(self, conn: asyncpg.Connection, candidates: list[tuple[int, IncomingEvent]],
+    async def _pass_on(self, conn: store.Connection, candidates: list[tuple[int, IncomingEvent]],
                        outcomes: list[Outcome | None], now: datetime) -> list[Awaitable[Any]]:
         seen = await store.already_accepted(conn, [event.key for _, event in candidates])
         fresh: list[tuple[int, IncomingEvent, str, bool]] = []

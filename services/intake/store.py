@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Connection = PoolConnectionProxy[asyncpg.Record] | asyncpg.Connection[asyncpg.Record]
 
 SCHEMA = "intake"
 
 
-async def already_accepted(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+async def already_accepted(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """The dossier code of each key that was accepted before."""
     if not keys:
         return {}
@@ -21,7 +24,7 @@ async def already_accepted(conn: asyncpg.Connection, keys: list[tuple[str, str]]
     return {(row["source"], row["event_id"]): row["dossier_code"] for row in rows}
 
 
-async def next_sequence(conn: asyncpg.Connection, agency_id: str, day: date) -> int:
+async def next_sequence(conn: Connection, agency_id: str, day: date) -> int:
     value = await conn.fetchval(
         f"INSERT INTO {SCHEMA}.code_sequences (agency_id, day, last) VALUES ($1, $2, 1) "
         "ON CONFLICT (agency_id, day) DO UPDATE SET last = code_sequences.last + 1 RETURNING last",
@@ -31,7 +34,7 @@ async def next_sequence(conn: asyncpg.Connection, agency_id: str, day: date) -> 
 
 
 async def record_accepted(
-    conn: asyncpg.Connection, rows: list[tuple[str, str, str]], now: datetime
+    conn: Connection, rows: list[tuple[str, str, str]], now: datetime
 ) -> set[tuple[str, str]]:
     """Insert (source, event_id, dossier_code) rows; returns the keys that were new. A key another request
     inserted concurrently is not new: its row lock makes us wait for that request's outcome."""

@@ -8,7 +8,7 @@ families are read from that state at scrape time (a custom collector), never fro
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -79,10 +79,10 @@ class StoredCollector(Collector):
                 sums[(unit, sector, channel)] = value
         ratio = HistogramMetricFamily("tthc_working_time_used_ratio",
                                       "Working time used relative to the legal time, at completion", labels=LABELS)
-        for where, by_bound in sorted(buckets.items()):
+        for group, by_bound in sorted(buckets.items()):
             ordered = [(str(bound), by_bound.get(str(bound), 0.0)) for bound in RATIO_BUCKETS]
             ordered.append(("+Inf", by_bound.get("+Inf", 0.0)))
-            ratio.add_metric(list(where), ordered, sums[where])
+            ratio.add_metric(list(group), ordered, sums[group])
         open_gauge = GaugeMetricFamily("tthc_dossiers_open", "Open dossiers by state", labels=[*LABELS, "state"])
         for (unit, sector, channel, state), count in sorted(self.snapshot.open.items()):
             open_gauge.add_metric([unit, sector, channel, state], count)
@@ -148,7 +148,7 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
             rows = await conn.fetch(f"SELECT code, last_sequence FROM {SCHEMA}.dossier_progress "
                                     "WHERE code = ANY($1::text[]) FOR UPDATE", codes)
             last = {row["code"]: row["last_sequence"] for row in rows}
-            deltas: Counter[CounterKey] = Counter()
+            deltas: dict[CounterKey, float] = {}
             progress: dict[str, tuple[Any, ...]] = {}
             for part, event in events:
                 if event.sequence <= last.get(event.dossier_code, 0):

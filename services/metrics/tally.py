@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -38,21 +37,25 @@ def open_kind(event: DossierLifecycleEvent) -> str | None:
     return None
 
 
-def tally(event: DossierLifecycleEvent, part: int, into: Counter[CounterKey]) -> None:
+def tally(event: DossierLifecycleEvent, part: int, into: dict[CounterKey, float]) -> None:
     """Add what `event` counts. Called once per canonical event, after dedupe."""
-    where = (event.unit_code, event.sector, event.channel)
+
+    def add(family: str, label: str = "", amount: float = 1.0) -> None:
+        key = (family, part, event.unit_code, event.sector, event.channel, label)
+        into[key] = into.get(key, 0.0) + amount
+
     if event.event_type is EventType.RECEIVED:
-        into[("received", part, *where, "")] += 1
+        add("received")
     if event.event_type in (EventType.RESOLVED, EventType.REJECTED, EventType.STOPPED, EventType.WITHDRAWN) \
             and event.timeliness is not None:
-        into[("completed", part, *where, event.timeliness.value)] += 1
+        add("completed", event.timeliness.value)
         if event.time_used_ratio is not None:
             for bound in RATIO_BUCKETS:
                 if event.time_used_ratio <= bound:
-                    into[("time_used_bucket", part, *where, str(bound))] += 1
-            into[("time_used_bucket", part, *where, "+Inf")] += 1
-            into[("time_used_sum", part, *where, "")] += event.time_used_ratio
+                    add("time_used_bucket", str(bound))
+            add("time_used_bucket", "+Inf")
+            add("time_used_sum", amount=event.time_used_ratio)
     if event.event_type is EventType.SUPPLEMENT_REQUESTED:
-        into[("supplements", part, *where, "")] += 1
+        add("supplements")
     if event.event_type is EventType.APOLOGY_ISSUED:
-        into[("apologies", part, *where, "late" if event.apology_late else "in_time")] += 1
+        add("apologies", "late" if event.apology_late else "in_time")

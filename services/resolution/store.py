@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Connection = PoolConnectionProxy[asyncpg.Record] | asyncpg.Connection[asyncpg.Record]
 
 from services.resolution.judge import Verdicts
 from shared.contract.lifecycle import EventAccepted
@@ -14,7 +17,7 @@ SCHEMA = "resolution"
 OUTBOX_CHANNEL = "resolution_outbox"
 
 
-async def judged_keys(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+async def judged_keys(conn: Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
     rows = await conn.fetch(
         f"SELECT source, event_id FROM {SCHEMA}.events "
         "WHERE (source, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
@@ -23,7 +26,7 @@ async def judged_keys(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> 
     return {(row["source"], row["event_id"]) for row in rows}
 
 
-async def lock_dossiers(conn: asyncpg.Connection, codes: list[str]) -> dict[str, Dossier]:
+async def lock_dossiers(conn: Connection, codes: list[str]) -> dict[str, Dossier]:
     """The dossiers' current states, row-locked until the batch commits (another instance waits)."""
     rows = await conn.fetch(
         f"SELECT snapshot FROM {SCHEMA}.dossiers WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE", codes
@@ -32,7 +35,7 @@ async def lock_dossiers(conn: asyncpg.Connection, codes: list[str]) -> dict[str,
     return {dossier.code: dossier for dossier in dossiers}
 
 
-async def histories(conn: asyncpg.Connection, codes: list[str]) -> dict[str, list[EventAccepted]]:
+async def histories(conn: Connection, codes: list[str]) -> dict[str, list[EventAccepted]]:
     rows = await conn.fetch(
         f"SELECT dossier_code, payload FROM {SCHEMA}.events WHERE dossier_code = ANY($1::text[]) "
         "AND sequence IS NOT NULL ORDER BY dossier_code, sequence", codes,
@@ -43,7 +46,7 @@ async def histories(conn: asyncpg.Connection, codes: list[str]) -> dict[str, lis
     return found
 
 
-async def write(conn: asyncpg.Connection, verdicts: Verdicts, now: datetime) -> None:
+async def write(conn: Connection, verdicts: Verdicts, now: datetime) -> None:
     if verdicts.dossiers:
         await conn.executemany(
             f"INSERT INTO {SCHEMA}.dossiers (code, state, unit_code, snapshot, updated_at) "

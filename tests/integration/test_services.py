@@ -47,8 +47,8 @@ async def records(bootstrap: str, topic: str, match: Any, count: int, timeout: f
 
 @pytest.fixture
 async def intake(infra: Infra, database_url: str, data_keys: str) -> AsyncIterator[httpx.AsyncClient]:
-    settings = IntakeSettings(KAFKA_BOOTSTRAP_SERVERS=infra.bootstrap_servers, DATABASE_URL=database_url,
-                              TTHC_DATA_KEYS=data_keys, TTHC_TOPIC_PARTITIONS=3)
+    settings = IntakeSettings.model_validate({"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "DATABASE_URL": database_url,
+                                             "TTHC_DATA_KEYS": data_keys, "TTHC_TOPIC_PARTITIONS": 3})
     app: FastAPI = build_intake(settings)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://intake") as client:
@@ -107,8 +107,8 @@ async def test_intake_refuses_with_reasons_on_http_and_the_rejections_topic(
 
 @pytest.fixture
 async def resolution(infra: Infra, database_url: str, data_keys: str) -> AsyncIterator[httpx.AsyncClient]:
-    settings = ResolutionSettings(KAFKA_BOOTSTRAP_SERVERS=infra.bootstrap_servers, DATABASE_URL=database_url,
-                                  TTHC_DATA_KEYS=data_keys, TTHC_TOPIC_PARTITIONS=3)
+    settings = ResolutionSettings.model_validate({"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "DATABASE_URL": database_url,
+                                                 "TTHC_DATA_KEYS": data_keys, "TTHC_TOPIC_PARTITIONS": 3})
     app: FastAPI = build_resolution(settings)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://resolution") as client:
