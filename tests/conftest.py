@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +77,7 @@ async def fresh_database(infra: Infra) -> str:
 
 
 @pytest.fixture
-async def database_url(infra: Infra) -> AsyncIterator[str]:
+async def database_url(infra: Infra) -> str:
     return await fresh_database(infra)
 
 
