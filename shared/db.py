@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# asyncpg's classes are generic only in its stubs, so the alias is spelled for the type checker alone.
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record] | asyncpg.Connection[asyncpg.Record]"
+"""A connection, acquired from a pool or made on its own."""
 
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -43,3 +49,40 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: Path) -> list[str
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", schema)
     return applied
+
+
+class ServiceDatabase:
+    """A service's own schema: the pool is opened and migrated at start, pinged for readiness, closed at stop."""
+
+    def __init__(self, database_url: str, schema: str, migrations: Path, *, max_size: int = 10) -> None:
+        self.database_url = database_url
+        self.schema = schema
+        self.migrations = migrations
+        self.max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError(f"the {self.schema} database is not open")
+        return self._pool
+
+    async def open(self) -> asyncpg.Pool:
+        pool = await create_pool(self.database_url, max_size=self.max_size)
+        await migrate(pool, self.schema, self.migrations)
+        self._pool = pool
+        return pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ready(self) -> bool:
+        if self._pool is None:
+            return False
+        try:
+            await self._pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError):
+            return False
+        return True

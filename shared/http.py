@@ -4,38 +4,54 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Response
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shared.db import ServiceDatabase
+from shared.kafka import ensure_topics
+from shared.logs import configure_logging
+from shared.settings import CommonSettings
+
 Hook = Callable[[], Awaitable[None]]
-Check = Callable[[], Awaitable[bool]]
+
+
+async def _nothing() -> None:
+    return None
 
 
 def service_app(
     *,
     title: str,
     description: str,
+    settings: CommonSettings,
+    database: ServiceDatabase,
     broker: KafkaBroker,
     registry: CollectorRegistry,
-    on_start: Hook,
-    on_stop: Hook,
-    ready: Check,
+    on_start: Hook = _nothing,
+    on_stop: Hook = _nothing,
 ) -> FastAPI:
-    """A FastAPI app whose lifespan starts the service's resources, then its broker, and stops them in reverse
-    (the broker first, so in-flight handlers finish while the database is still there)."""
+    """A FastAPI app whose lifespan makes sure the topics exist, opens and migrates the service's schema, starts
+    the service's own resources, then its broker; and stops them in reverse (the broker first, so in-flight
+    handlers finish while the database is still there). Ready while the database answers."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await on_start()
-        await broker.start()
+        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication)
+        await database.open()
         try:
-            yield
+            await on_start()
+            await broker.start()
+            try:
+                yield
+            finally:
+                await broker.stop()
+                await on_stop()
         finally:
-            await broker.stop()
-            await on_stop()
+            await database.close()
 
     app = FastAPI(title=title, description=description, version="1.0", lifespan=lifespan)
 
@@ -45,7 +61,7 @@ def service_app(
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(response: Response) -> dict[str, str]:
-        if await ready():
+        if await database.ready():
             return {"status": "ready"}
         response.status_code = 503
         return {"status": "not ready"}
@@ -57,6 +73,17 @@ def service_app(
     return app
 
 
-def serve(app: FastAPI, host: str, port: int, log_level: str) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully through the lifespan."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+class ServiceSettings(Protocol):
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def log_level(self) -> str: ...
+
+
+def run_service(name: str, settings: ServiceSettings, build_app: Callable[[Any], FastAPI]) -> None:
+    """Run a service until SIGINT or SIGTERM, then shut down gracefully through the lifespan."""
+    configure_logging(name, settings.log_level)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                access_log=False)

@@ -1,14 +1,6 @@
 from services.intake.app import build_app
 from services.intake.settings import IntakeSettings
-from shared.http import serve
-from shared.logs import configure_logging
-
-
-def main() -> None:
-    settings = IntakeSettings()
-    configure_logging("intake", settings.log_level)
-    serve(build_app(settings), settings.host, settings.port, settings.log_level)
-
+from shared.http import run_service
 
 if __name__ == "__main__":
-    main()
+    run_service("intake", IntakeSettings(), build_app)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import asyncpg
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from faststream import AckPolicy
@@ -16,15 +15,15 @@ from services.intake import domain
 from services.intake.pipeline import IntakeMetrics, IntakePipeline, Item, Outcome, Status
 from services.intake.settings import IntakeSettings
 from services.intake.store import SCHEMA
-from shared import db
 from shared.catalog import Catalog
 from shared.contract import topics
 from shared.contract.events import CloudEvent
 from shared.contract.rejections import EventRefused, RejectionReason
 from shared.crypto import Keyring
+from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import ensure_topics, make_broker, make_producer
+from shared.kafka import make_broker, make_producer
 
 log = logging.getLogger(__name__)
 MIGRATIONS = PROJECT_ROOT / "services" / "intake" / "migrations"
@@ -65,36 +64,21 @@ def build_app(settings: IntakeSettings | None = None) -> Any:
     def pipeline() -> IntakePipeline:
         return state["pipeline"]  # type: ignore[no-any-return]
 
+    database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)
+
     async def on_start() -> None:
-        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication)
-        pool = await db.create_pool(settings.database_url)
-        await db.migrate(pool, SCHEMA, MIGRATIONS)
         producer = make_producer(settings.kafka_bootstrap_servers)
         await producer.start()
         state["producer"] = producer
-        state["pool"] = pool
-        state["pipeline"] = IntakePipeline(pool=pool, producer=producer, catalog=catalog, keyring=keyring,
+        state["pipeline"] = IntakePipeline(pool=database.pool, producer=producer, catalog=catalog, keyring=keyring,
                                            metrics=metrics)
 
     async def on_stop() -> None:
         if "producer" in state:
             await state["producer"].stop()
-        if "pool" in state:
-            pool: asyncpg.Pool = state["pool"]
-            await pool.close()
 
-    async def ready() -> bool:
-        if "pool" not in state:
-            return False
-        pool: asyncpg.Pool = state["pool"]
-        try:
-            await pool.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError):
-            return False
-        return True
-
-    app = service_app(title="TTHC intake", description=DESCRIPTION, broker=broker, registry=registry,
-                      on_start=on_start, on_stop=on_stop, ready=ready)
+    app = service_app(title="TTHC intake", description=DESCRIPTION, settings=settings, database=database,
+                      broker=broker, registry=registry, on_start=on_start, on_stop=on_stop)
 
     @broker.subscriber(topics.INGRESS, group_id=settings.consumer_group, batch=True, max_records=500,
                        auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR)

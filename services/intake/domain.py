@@ -49,10 +49,14 @@ def screen(value: Any, catalog: Catalog) -> IncomingEvent:
     return event
 
 
-def screen_bytes(raw: bytes, catalog: Catalog) -> IncomingEvent:
+def check_size(raw: bytes) -> bytes:
     if len(raw) > MAX_EVENT_BYTES:
         raise EventRefused(RejectionReason.PAYLOAD_TOO_LARGE, f"an event may have at most {MAX_EVENT_BYTES} bytes")
-    return screen(decode_json(raw), catalog)
+    return raw
+
+
+def screen_bytes(raw: bytes, catalog: Catalog) -> IncomingEvent:
+    return screen(decode_json(check_size(raw)), catalog)
 
 
 def minting_unit(event: IncomingEvent) -> str | None:

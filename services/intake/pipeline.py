@@ -23,6 +23,7 @@ from shared.contract.dossier_code import mint_dossier_code
 from shared.contract.events import IncomingEvent
 from shared.contract.rejections import EventRefused, FieldProblem, RejectionRecorded
 from shared.crypto import Keyring
+from shared.db import Connection
 
 log = logging.getLogger(__name__)
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -63,21 +64,19 @@ class Item:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Item:
-        if len(raw) > domain.MAX_EVENT_BYTES:
-            return cls(raw, refusal=EventRefused(domain.RejectionReason.PAYLOAD_TOO_LARGE,
-                                                 f"an event may have at most {domain.MAX_EVENT_BYTES} bytes"))
         try:
-            return cls(raw, value=domain.decode_json(raw))
+            return cls(raw, value=domain.decode_json(domain.check_size(raw)))
         except EventRefused as refusal:
             return cls(raw, refusal=refusal)
 
     @classmethod
     def from_value(cls, value: Any) -> Item:
+        """A value from a decoded batch; its compact JSON stands for its bytes (size limit, digest)."""
         raw = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-        if len(raw) > domain.MAX_EVENT_BYTES:
-            return cls(raw, refusal=EventRefused(domain.RejectionReason.PAYLOAD_TOO_LARGE,
-                                                 f"an event may have at most {domain.MAX_EVENT_BYTES} bytes"))
-        return cls(raw, value=value)
+        try:
+            return cls(domain.check_size(raw), value=value)
+        except EventRefused as refusal:
+            return cls(raw, refusal=refusal)
 
 
 class IntakeMetrics:
@@ -140,7 +139,7 @@ class IntakePipeline:
                 self.metrics.rejections.labels(outcome.reason).inc()
         return [outcome for outcome in outcomes if outcome is not None]
 
-    async def _pass_on(self, conn: store.Connection, candidates: list[tuple[int, IncomingEvent]],
+    async def _pass_on(self, conn: Connection, candidates: list[tuple[int, IncomingEvent]],
                        outcomes: list[Outcome | None], now: datetime) -> list[Awaitable[Any]]:
         seen = await store.already_accepted(conn, [event.key for _, event in candidates])
         fresh: list[tuple[int, IncomingEvent, str, bool]] = []

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
-
-Connection = PoolConnectionProxy[asyncpg.Record] | asyncpg.Connection[asyncpg.Record]
+from shared.db import Connection
 
 SCHEMA = "intake"
 

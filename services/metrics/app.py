@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from prometheus_client import CollectorRegistry
@@ -22,16 +21,16 @@ from prometheus_client.registry import Collector
 
 from services.metrics.settings import MetricsSettings
 from services.metrics.tally import RATIO_BUCKETS, CounterKey, open_kind, tally
-from shared import db
 from shared.catalog import Catalog
 from shared.clock.calendar import WorkingCalendar
 from shared.clock.policy import Policy
 from shared.contract import topics
 from shared.contract.lifecycle import DossierLifecycleEvent
+from shared.db import ServiceDatabase
 from shared.dossier import clock_for_units
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import ensure_topics, make_broker
+from shared.kafka import make_broker
 
 log = logging.getLogger(__name__)
 SCHEMA = "metrics"
@@ -98,10 +97,10 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
     clock_for = clock_for_units(catalog, calendar, Policy())
     snapshot = Snapshot()
     registry.register(StoredCollector(snapshot))
-    state: dict[str, Any] = {}
+    database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)
 
     async def refresh() -> None:
-        pool: asyncpg.Pool = state["pool"]
+        pool = database.pool
         rows = await pool.fetch(f"SELECT family, part, unit_code, sector, channel, label, value FROM {SCHEMA}.counters")
         snapshot.counters = {(r["family"], r["part"], r["unit_code"], r["sector"], r["channel"], r["label"]):
                              r["value"] for r in rows}
@@ -113,26 +112,12 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
         )
         snapshot.open = {(r["unit_code"], r["sector"], r["channel"], r["state"]): int(r["n"]) for r in open_rows}
 
-    async def on_start() -> None:
-        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication)
-        pool = await db.create_pool(settings.database_url)
-        await db.migrate(pool, SCHEMA, MIGRATIONS)
-        state["pool"] = pool
-        await refresh()
-
-    async def on_stop() -> None:
-        if "pool" in state:
-            await state["pool"].close()
-
-    async def ready() -> bool:
-        return "pool" in state
-
     app = service_app(title="TTHC metrics", description="Live timeliness counters for the dashboards.",
-                      broker=broker, registry=registry, on_start=on_start, on_stop=on_stop, ready=ready)
+                      settings=settings, database=database, broker=broker, registry=registry, on_start=refresh)
 
     @app.middleware("http")
     async def fresh_values_on_scrape(request: Any, call_next: Any) -> Any:
-        if request.url.path == "/metrics" and "pool" in state:
+        if request.url.path == "/metrics" and await database.ready():
             await refresh()
         return await call_next(request)
 
@@ -142,8 +127,7 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
         records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
         events = [(record.partition, DossierLifecycleEvent.model_validate_json(record.value))
                   for record in records if record.value]
-        pool: asyncpg.Pool = state["pool"]
-        async with pool.acquire() as conn, conn.transaction():
+        async with database.pool.acquire() as conn, conn.transaction():
             codes = sorted({event.dossier_code for _, event in events})
             rows = await conn.fetch(f"SELECT code, last_sequence FROM {SCHEMA}.dossier_progress "
                                     "WHERE code = ANY($1::text[]) FOR UPDATE", codes)

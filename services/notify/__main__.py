@@ -1,14 +1,6 @@
 from services.notify.app import build_app
 from services.notify.settings import NotifySettings
-from shared.http import serve
-from shared.logs import configure_logging
-
-
-def main() -> None:
-    settings = NotifySettings()
-    configure_logging("notify", settings.log_level)
-    serve(build_app(settings), settings.host, settings.port, settings.log_level)
-
+from shared.http import run_service
 
 if __name__ == "__main__":
-    main()
+    run_service("notify", NotifySettings(), build_app)

@@ -18,15 +18,15 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.notify.messages import owed, render
 from services.notify.settings import NotifySettings
-from shared import db
 from shared.catalog import Catalog
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent
 from shared.crypto import Keyring, SealError
+from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import ensure_topics, make_broker
+from shared.kafka import make_broker
 
 log = logging.getLogger(__name__)
 SCHEMA = "notify"
@@ -139,36 +139,31 @@ def build_app(settings: NotifySettings | None = None) -> Any:
     keyring = Keyring.parse(settings.data_keys.get_secret_value())
     state: dict[str, Any] = {}
 
+    database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)
+
     async def on_start() -> None:
-        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication)
-        pool = await db.create_pool(settings.database_url)
-        await db.migrate(pool, SCHEMA, MIGRATIONS)
         # Sends interrupted by a crash are retried (same Message-ID).
-        await pool.execute(f"UPDATE {SCHEMA}.deliveries SET status = 'temporary-failure' WHERE status = 'sending'")
-        deliverer = Deliverer(pool, settings, keyring, registry)
+        await database.pool.execute(
+            f"UPDATE {SCHEMA}.deliveries SET status = 'temporary-failure' WHERE status = 'sending'")
+        deliverer = Deliverer(database.pool, settings, keyring, registry)
         deliverer.start()
-        state.update(pool=pool, deliverer=deliverer)
+        state["deliverer"] = deliverer
 
     async def on_stop() -> None:
         if "deliverer" in state:
             await state["deliverer"].stop()
-        if "pool" in state:
-            await state["pool"].close()
-
-    async def ready() -> bool:
-        return "pool" in state
 
     app = service_app(title="TTHC notify", description="Citizen notifications and their delivery status.",
-                      broker=broker, registry=registry, on_start=on_start, on_stop=on_stop, ready=ready)
+                      settings=settings, database=database, broker=broker, registry=registry,
+                      on_start=on_start, on_stop=on_stop)
 
     @broker.subscriber(topics.LIFECYCLE, group_id=settings.consumer_group, batch=True, max_records=500,
                        auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR)
     async def on_lifecycle(_: Any, message: KafkaMessage) -> None:
         records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
         events = [DossierLifecycleEvent.model_validate_json(r.value) for r in records if r.value]
-        pool: asyncpg.Pool = state["pool"]
         now = datetime.now(UTC)
-        async with pool.acquire() as conn, conn.transaction():
+        async with database.pool.acquire() as conn, conn.transaction():
             for event in events:
                 if event.event_type is EventType.RECEIVED and event.applicant_sealed:
                     await conn.execute(
@@ -189,7 +184,7 @@ def build_app(settings: NotifySettings | None = None) -> Any:
 
     @app.get("/v1/notifications", summary="Delivery status of a dossier's notifications")
     async def notifications(dossier: str) -> list[dict[str, Any]]:
-        rows = await state["pool"].fetch(
+        rows = await database.pool.fetch(
             f"SELECT event_id, channel, template, status, attempts, created_at, delivered_at "
             f"FROM {SCHEMA}.deliveries WHERE dossier_code = $1 ORDER BY created_at", dossier)
         return [dict(row) for row in rows]

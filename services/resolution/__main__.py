@@ -1,14 +1,6 @@
 from services.resolution.app import build_app
 from services.resolution.settings import ResolutionSettings
-from shared.http import serve
-from shared.logs import configure_logging
-
-
-def main() -> None:
-    settings = ResolutionSettings()
-    configure_logging("resolution", settings.log_level)
-    serve(build_app(settings), settings.host, settings.port, settings.log_level)
-
+from shared.http import run_service
 
 if __name__ == "__main__":
-    main()
+    run_service("resolution", ResolutionSettings(), build_app)

@@ -6,7 +6,6 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from fastapi import HTTPException
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
@@ -16,16 +15,16 @@ from services.resolution import store
 from services.resolution.judge import judge
 from services.resolution.relay import OutboxRelay
 from services.resolution.settings import ResolutionSettings
-from shared import db
 from shared.catalog import Catalog
 from shared.clock.calendar import WorkingCalendar
 from shared.clock.policy import Policy
 from shared.contract import topics
 from shared.contract.lifecycle import EventAccepted
+from shared.db import ServiceDatabase
 from shared.dossier import clock_for_units
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import ensure_topics, make_broker, make_producer
+from shared.kafka import make_broker, make_producer
 
 log = logging.getLogger(__name__)
 MIGRATIONS = PROJECT_ROOT / "services" / "resolution" / "migrations"
@@ -41,37 +40,24 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
                      ["verdict"], registry=registry)
     state: dict[str, Any] = {}
 
+    database = ServiceDatabase(settings.database_url, store.SCHEMA, MIGRATIONS, max_size=8)
+
     async def on_start() -> None:
-        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication)
-        pool = await db.create_pool(settings.database_url, max_size=8)
-        await db.migrate(pool, store.SCHEMA, MIGRATIONS)
         producer = make_producer(settings.kafka_bootstrap_servers)
         await producer.start()
-        state["producer"] = producer
-        relay = OutboxRelay(pool, producer, registry, batch=settings.relay_batch)
+        relay = OutboxRelay(database.pool, producer, registry, batch=settings.relay_batch)
         relay.start()
-        state.update(pool=pool, relay=relay)
+        state.update(producer=producer, relay=relay)
 
     async def on_stop() -> None:
         if "relay" in state:
             await state["relay"].stop()
         if "producer" in state:
             await state["producer"].stop()
-        if "pool" in state:
-            await state["pool"].close()
-
-    async def ready() -> bool:
-        pool: asyncpg.Pool | None = state.get("pool")
-        if pool is None:
-            return False
-        try:
-            await pool.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError):
-            return False
-        return True
 
     app = service_app(title="TTHC resolution", description="The state of every dossier and why.",
-                      broker=broker, registry=registry, on_start=on_start, on_stop=on_stop, ready=ready)
+                      settings=settings, database=database, broker=broker, registry=registry,
+                      on_start=on_start, on_stop=on_stop)
 
     @broker.subscriber(topics.ACCEPTED, group_id=settings.consumer_group, batch=True,
                        max_records=settings.max_batch, auto_offset_reset="earliest",
@@ -79,9 +65,8 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
     async def on_accepted(_: Any, message: KafkaMessage) -> None:
         records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
         events = [EventAccepted.model_validate_json(record.value) for record in records if record.value]
-        pool: asyncpg.Pool = state["pool"]
         now = datetime.now(UTC)
-        async with pool.acquire() as conn, conn.transaction():
+        async with database.pool.acquire() as conn, conn.transaction():
             seen = await store.judged_keys(conn, [(e.source, e.id) for e in events])
             fresh = []
             for event in events:
@@ -101,7 +86,7 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
 
     @app.get("/v1/dossiers/{code}", summary="A dossier's state, dates and timeline")
     async def get_dossier(code: str) -> dict[str, Any]:
-        found = await store.dossier(state["pool"], code)
+        found = await store.dossier(database.pool, code)
         if found is None:
             raise HTTPException(404, f"no dossier {code}")
         view = found.model_dump(mode="json", exclude={"applicant_sealed"})

@@ -46,18 +46,24 @@ class OutboxRelay:
         while True:
             try:
                 async with self.pool.acquire() as listener:
-                    await listener.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
-                    while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                    await listener.add_listener(OUTBOX_CHANNEL, self._notified)
+                    # Another instance relays; poll for its lock so this one takes over when it goes.
+                    while not await listener.fetchval(  # noqa: ASYNC110
+                            "SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                         await asyncio.sleep(1.0)
                     try:
                         await self._drain_forever()
                     finally:
                         await listener.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+                        await listener.remove_listener(OUTBOX_CHANNEL, self._notified)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("outbox relay failed; retrying")
                 await asyncio.sleep(1.0)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
 
     async def _drain_forever(self) -> None:
         while True:

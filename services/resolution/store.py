@@ -5,12 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
-
-Connection = PoolConnectionProxy[asyncpg.Record] | asyncpg.Connection[asyncpg.Record]
 
 from services.resolution.judge import Verdicts
 from shared.contract.lifecycle import EventAccepted
+from shared.db import Connection
 from shared.dossier import Dossier
 
 SCHEMA = "resolution"

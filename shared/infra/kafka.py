@@ -11,9 +11,7 @@ import asyncio
 import base64
 import hashlib
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -24,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from shared.infra.paths import PROJECT_ROOT, cache_dir
+from shared.infra.processes import kill_group, stop_group
 
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 LOG4J_CONFIG = PROJECT_ROOT / "deploy" / "kafka" / "log4j2.properties"
@@ -155,21 +154,10 @@ class LocalKafka:
         return self._process.pid if self._process else None
 
     def stop(self, timeout: float = 30.0) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(self._process, timeout)
 
     def kill(self) -> None:
-        """SIGKILL, for fault-injection tests."""
-        if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
+        kill_group(self._process)
 
 
 async def broker_answers(bootstrap_servers: str) -> bool:

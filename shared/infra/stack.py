@@ -23,6 +23,7 @@ from shared.crypto import new_key_spec
 from shared.infra.kafka import LocalKafka
 from shared.infra.paths import PROJECT_ROOT
 from shared.infra.postgres import LocalPostgres
+from shared.infra.processes import kill_group, stop_group
 from shared.kafka import ensure_topics
 
 SERVICES = ("intake", "resolution", "metrics", "notify")
@@ -144,20 +145,10 @@ class Stack:
                        "--intake-url", f"http://127.0.0.1:{self.ports.intake}")
 
     def stop_process(self, name: str, timeout: float = 20.0) -> None:
-        process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(self.processes.pop(name, None), timeout)
 
     def kill_process(self, name: str) -> None:
-        process = self.processes.pop(name)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        kill_group(self.processes.pop(name))
 
     def stop(self) -> None:
         for name in ("simulator", *SERVICES, "sinks"):

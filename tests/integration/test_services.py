@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -45,13 +46,23 @@ async def records(bootstrap: str, topic: str, match: Any, count: int, timeout: f
         await consumer.stop()
 
 
+def service_env(infra: Infra, database_url: str, data_keys: str) -> dict[str, object]:
+    return {"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "DATABASE_URL": database_url,
+            "TTHC_DATA_KEYS": data_keys, "TTHC_TOPIC_PARTITIONS": 3}
+
+
+@asynccontextmanager
+async def in_process(app: FastAPI, name: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The service's whole lifespan (broker, database, background tasks) around an HTTP client to it."""
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=f"http://{name}") as client:
+        yield client
+
+
 @pytest.fixture
 async def intake(infra: Infra, database_url: str, data_keys: str) -> AsyncIterator[httpx.AsyncClient]:
-    settings = IntakeSettings.model_validate({"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "DATABASE_URL": database_url,
-                                             "TTHC_DATA_KEYS": data_keys, "TTHC_TOPIC_PARTITIONS": 3})
-    app: FastAPI = build_intake(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://intake") as client:
+    settings = IntakeSettings.model_validate(service_env(infra, database_url, data_keys))
+    async with in_process(build_intake(settings), "intake") as client:
         yield client
 
 
@@ -107,11 +118,8 @@ async def test_intake_refuses_with_reasons_on_http_and_the_rejections_topic(
 
 @pytest.fixture
 async def resolution(infra: Infra, database_url: str, data_keys: str) -> AsyncIterator[httpx.AsyncClient]:
-    settings = ResolutionSettings.model_validate({"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "DATABASE_URL": database_url,
-                                                 "TTHC_DATA_KEYS": data_keys, "TTHC_TOPIC_PARTITIONS": 3})
-    app: FastAPI = build_resolution(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://resolution") as client:
+    settings = ResolutionSettings.model_validate(service_env(infra, database_url, data_keys))
+    async with in_process(build_resolution(settings), "resolution") as client:
         yield client
 
 
