@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from shared.db import ServiceDatabase
 from shared.kafka import ensure_topics
 from shared.logs import configure_logging
+from shared.reference import ReferenceCollector, ReferenceSource
 from shared.settings import CommonSettings
 
 Hook = Callable[[], Awaitable[None]]
@@ -31,6 +33,7 @@ def service_app(
     database: ServiceDatabase,
     broker: KafkaBroker,
     registry: CollectorRegistry,
+    reference: ReferenceSource | None = None,
     on_start: Hook = _nothing,
     on_stop: Hook = _nothing,
 ) -> FastAPI:
@@ -45,14 +48,19 @@ def service_app(
         try:
             await on_start()
             await broker.start()
+            watch = asyncio.create_task(reference.watch()) if reference is not None else None
             try:
                 yield
             finally:
+                if watch is not None:
+                    watch.cancel()
                 await broker.stop()
                 await on_stop()
         finally:
             await database.close()
 
+    if reference is not None:
+        registry.register(ReferenceCollector(reference))
     app = FastAPI(title=title, description=description, version="1.0", lifespan=lifespan)
 
     @app.get("/healthz", include_in_schema=False)

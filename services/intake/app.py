@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
@@ -15,7 +18,7 @@ from services.intake import domain
 from services.intake.pipeline import IntakeMetrics, IntakePipeline, Item, Outcome, Status
 from services.intake.settings import IntakeSettings
 from services.intake.store import SCHEMA
-from shared.catalog import Catalog
+from shared.catalog import Procedure
 from shared.contract import topics
 from shared.contract.events import CloudEvent
 from shared.contract.rejections import EventRefused, RejectionReason
@@ -24,9 +27,11 @@ from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import make_broker, make_producer
+from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
 MIGRATIONS = PROJECT_ROOT / "services" / "intake" / "migrations"
+VN = ZoneInfo("Asia/Ho_Chi_Minh")
 BATCH_TYPE = "application/cloudevents-batch+json"
 
 DESCRIPTION = """Commune systems send dossier lifecycle events here as CloudEvents 1.0 (JSON structured mode):
@@ -50,12 +55,19 @@ def _answer(outcomes: list[Outcome], batch: bool) -> JSONResponse:
     return JSONResponse(outcome.as_json(), status_code=status)
 
 
+def procedure_view(procedure: Procedure) -> dict[str, Any]:
+    return {"code": procedure.code, "name_vi": procedure.name_vi, "name_en": procedure.name_en,
+            "sector": procedure.sector, "sector_vi": procedure.sector_vi, "level": procedure.level,
+            "duration": str(procedure.duration), "cutoff": procedure.cutoff.strftime("%H:%M") if procedure.cutoff
+            else None, "online_level": procedure.online_level, "source": procedure.source}
+
+
 def build_app(settings: IntakeSettings | None = None) -> Any:
     settings = settings or IntakeSettings()
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="intake")
     metrics = IntakeMetrics(registry)
-    catalog = Catalog.load()
+    reference = ReferenceSource()
     if settings.data_keys is None:
         raise SystemExit("TTHC_DATA_KEYS is required: intake seals applicants' personal data")
     keyring = Keyring.parse(settings.data_keys.get_secret_value())
@@ -70,7 +82,7 @@ def build_app(settings: IntakeSettings | None = None) -> Any:
         producer = make_producer(settings.kafka_bootstrap_servers)
         await producer.start()
         state["producer"] = producer
-        state["pipeline"] = IntakePipeline(pool=database.pool, producer=producer, catalog=catalog, keyring=keyring,
+        state["pipeline"] = IntakePipeline(pool=database.pool, producer=producer, reference=reference, keyring=keyring,
                                            metrics=metrics)
 
     async def on_stop() -> None:
@@ -78,7 +90,8 @@ def build_app(settings: IntakeSettings | None = None) -> Any:
             await state["producer"].stop()
 
     app = service_app(title="TTHC intake", description=DESCRIPTION, settings=settings, database=database,
-                      broker=broker, registry=registry, on_start=on_start, on_stop=on_stop)
+                      broker=broker, registry=registry, reference=reference, on_start=on_start,
+                      on_stop=on_stop)
 
     @broker.subscriber(topics.INGRESS, group_id=settings.consumer_group, batch=True, max_records=500,
                        auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR)
@@ -121,5 +134,39 @@ def build_app(settings: IntakeSettings | None = None) -> Any:
                                     status_code=422)
             return _answer(await pipeline().process([Item.from_value(v) for v in values], channel="http"), True)
         return _answer(await pipeline().process([Item.from_value(value)], channel="http"), batch=False)
+
+    @app.get("/v1/units", summary="The unit registry: every unit events may name")
+    async def units() -> dict[str, Any]:
+        catalog = reference.current.catalog
+        return {"version": catalog.units_version, "units": [
+            {"code": u.code, "name_vi": u.name_vi, "kind": u.kind, "level": u.level, "province_code": u.province_code,
+             "agency_id": u.agency_id, "office_hours": u.office_hours} for u in catalog.units.values()]}
+
+    @app.get("/v1/procedures", summary="The procedure catalog with legal durations")
+    async def procedures() -> dict[str, Any]:
+        catalog = reference.current.catalog
+        return {"version": catalog.procedures_version,
+                "procedures": [procedure_view(p) for p in catalog.procedures.values()]}
+
+    @app.get("/v1/procedures/{code}/deadline",
+             summary="The appointment a counter prints for a receipt instant, with the explanation")
+    async def deadline(code: str, received_at: datetime, unit: str | None = None) -> dict[str, Any]:
+        current = reference.current
+        procedure = current.catalog.procedures.get(code)
+        if procedure is None:
+            raise HTTPException(404, f"unknown procedure {code!r}")
+        if unit is not None and unit not in current.catalog.units:
+            raise HTTPException(404, f"unknown unit {unit!r}")
+        if received_at.tzinfo is None:
+            raise HTTPException(422, "received_at needs an offset, e.g. 2026-02-12T09:00:00+07:00")
+        found = current.clock_for(unit or "").due(received_at, procedure.duration, procedure.cutoff)
+        due_local = found.due_at.astimezone(VN)
+        return {
+            "procedure": procedure_view(procedure), "unit": unit, "received_at": received_at.isoformat(),
+            "due_at": found.due_at.isoformat(),
+            "appointment_vi": f"{due_local:%H} giờ {due_local:%M} phút, ngày {due_local:%d/%m/%Y}",
+            "calendar_version": found.calendar_version, "policy_version": found.policy_version,
+            "explanation": [asdict(step) for step in found.explanation],
+        }
 
     return app

@@ -24,6 +24,7 @@ from shared.contract.events import IncomingEvent
 from shared.contract.rejections import EventRefused, FieldProblem, RejectionRecorded
 from shared.crypto import Keyring
 from shared.db import Connection
+from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -95,11 +96,11 @@ def utc_now() -> datetime:
 
 
 class IntakePipeline:
-    def __init__(self, *, pool: asyncpg.Pool, producer: AIOKafkaProducer, catalog: Catalog, keyring: Keyring,
+    def __init__(self, *, pool: asyncpg.Pool, producer: AIOKafkaProducer, reference: ReferenceSource, keyring: Keyring,
                  metrics: IntakeMetrics, now: Clock = utc_now) -> None:
         self.pool = pool
         self.producer = producer
-        self.catalog = catalog
+        self.reference = reference
         self.keyring = keyring
         self.metrics = metrics
         self.now = now
@@ -109,12 +110,13 @@ class IntakePipeline:
         outcomes: list[Outcome | None] = [None] * len(items)
         rejections: list[RejectionRecorded] = []
         candidates: list[tuple[int, IncomingEvent]] = []
+        catalog = self.reference.current.catalog
         for index, item in enumerate(items):
             envelope = domain.Envelope.of(item.value)
             try:
                 if item.refusal is not None:
                     raise item.refusal
-                candidates.append((index, domain.screen(item.value, self.catalog)))
+                candidates.append((index, domain.screen(item.value, catalog)))
             except EventRefused as refusal:
                 rejections.append(domain.rejection(refusal, payload=item.payload, envelope=envelope, now=now))
                 outcomes[index] = Outcome(Status.REJECTED, envelope.event_id, envelope.subject, refusal.reason,
@@ -126,7 +128,7 @@ class IntakePipeline:
         ]
         if candidates:
             async with self.pool.acquire() as conn, conn.transaction():
-                sends += await self._pass_on(conn, candidates, outcomes, now)
+                sends += await self._pass_on(conn, catalog, candidates, outcomes, now)
                 # Committed only once Kafka has every accepted event: a crash before this line leaves the
                 # events unrecorded, so the sender's retry passes them on again (resolution dedupes).
                 await asyncio.gather(*sends)
@@ -139,7 +141,7 @@ class IntakePipeline:
                 self.metrics.rejections.labels(outcome.reason).inc()
         return [outcome for outcome in outcomes if outcome is not None]
 
-    async def _pass_on(self, conn: Connection, candidates: list[tuple[int, IncomingEvent]],
+    async def _pass_on(self, conn: Connection, catalog: Catalog, candidates: list[tuple[int, IncomingEvent]],
                        outcomes: list[Outcome | None], now: datetime) -> list[Awaitable[Any]]:
         seen = await store.already_accepted(conn, [event.key for _, event in candidates])
         fresh: list[tuple[int, IncomingEvent, str, bool]] = []
@@ -153,7 +155,7 @@ class IntakePipeline:
                 code, minted = event.dossier_code, False
             else:
                 received_on = event.occurred_at.astimezone(VN).date()
-                agency_id = self.catalog.units[unit_code].agency_id
+                agency_id = catalog.units[unit_code].agency_id
                 code = mint_dossier_code(agency_id, received_on, await store.next_sequence(conn, agency_id,
                                                                                            received_on))
                 minted = True

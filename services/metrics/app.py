@@ -21,16 +21,13 @@ from prometheus_client.registry import Collector
 
 from services.metrics.settings import MetricsSettings
 from services.metrics.tally import RATIO_BUCKETS, CounterKey, open_kind, tally
-from shared.catalog import Catalog
-from shared.clock.calendar import WorkingCalendar
-from shared.clock.policy import Policy
 from shared.contract import topics
 from shared.contract.lifecycle import DossierLifecycleEvent
 from shared.db import ServiceDatabase
-from shared.dossier import clock_for_units
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import make_broker
+from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
 SCHEMA = "metrics"
@@ -92,9 +89,7 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
     settings = settings or MetricsSettings()
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="metrics")
-    catalog = Catalog.load()
-    calendar = WorkingCalendar.load()
-    clock_for = clock_for_units(catalog, calendar, Policy())
+    reference = ReferenceSource()
     snapshot = Snapshot()
     registry.register(StoredCollector(snapshot))
     database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)
@@ -113,7 +108,8 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
         snapshot.open = {(r["unit_code"], r["sector"], r["channel"], r["state"]): int(r["n"]) for r in open_rows}
 
     app = service_app(title="TTHC metrics", description="Live timeliness counters for the dashboards.",
-                      settings=settings, database=database, broker=broker, registry=registry, on_start=refresh)
+                      settings=settings, database=database, broker=broker, registry=registry, reference=reference,
+                      on_start=refresh)
 
     @app.middleware("http")
     async def fresh_values_on_scrape(request: Any, call_next: Any) -> Any:
@@ -140,7 +136,7 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
                 last[event.dossier_code] = event.sequence
                 tally(event, part, deltas)
                 kind = open_kind(event)
-                due_soon = (clock_for(event.unit_code).due_soon_at(event.legal_due_at)
+                due_soon = (reference.current.clock_for(event.unit_code).due_soon_at(event.legal_due_at)
                             if kind and event.legal_due_at else None)
                 progress[event.dossier_code] = (event.dossier_code, part, event.sequence, event.unit_code,
                                                 event.sector, event.channel, kind, event.legal_due_at, due_soon)

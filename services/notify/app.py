@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.notify.messages import owed, render
 from services.notify.settings import NotifySettings
-from shared.catalog import Catalog
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent
@@ -27,6 +26,7 @@ from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import make_broker
+from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
 SCHEMA = "notify"
@@ -133,7 +133,7 @@ def build_app(settings: NotifySettings | None = None) -> Any:
     settings = settings or NotifySettings()
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="notify")
-    catalog = Catalog.load()
+    reference = ReferenceSource()
     if settings.data_keys is None:
         raise SystemExit("TTHC_DATA_KEYS is required: notify opens sealed contacts to send messages")
     keyring = Keyring.parse(settings.data_keys.get_secret_value())
@@ -154,7 +154,7 @@ def build_app(settings: NotifySettings | None = None) -> Any:
             await state["deliverer"].stop()
 
     app = service_app(title="TTHC notify", description="Citizen notifications and their delivery status.",
-                      settings=settings, database=database, broker=broker, registry=registry,
+                      settings=settings, database=database, broker=broker, registry=registry, reference=reference,
                       on_start=on_start, on_stop=on_stop)
 
     @broker.subscriber(topics.LIFECYCLE, group_id=settings.consumer_group, batch=True, max_records=500,
@@ -170,7 +170,7 @@ def build_app(settings: NotifySettings | None = None) -> Any:
                         f"INSERT INTO {SCHEMA}.contacts VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                         event.dossier_code, event.applicant_sealed, event.notify_via,
                     )
-                procedure = catalog.procedures.get(event.procedure_code)
+                procedure = reference.current.catalog.procedures.get(event.procedure_code)
                 for item in owed(event, event.notify_via, procedure.name_vi if procedure else event.procedure_code,
                                  settings.lookup_base_url):
                     await conn.execute(

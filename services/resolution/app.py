@@ -15,16 +15,14 @@ from services.resolution import store
 from services.resolution.judge import judge
 from services.resolution.relay import OutboxRelay
 from services.resolution.settings import ResolutionSettings
-from shared.catalog import Catalog
-from shared.clock.calendar import WorkingCalendar
 from shared.clock.policy import Policy
 from shared.contract import topics
 from shared.contract.lifecycle import EventAccepted
 from shared.db import ServiceDatabase
-from shared.dossier import clock_for_units
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import make_broker, make_producer
+from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
 MIGRATIONS = PROJECT_ROOT / "services" / "resolution" / "migrations"
@@ -34,8 +32,7 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
     settings = settings or ResolutionSettings()
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="resolution")
-    catalog = Catalog.load()
-    clock_for = clock_for_units(catalog, WorkingCalendar.load(), Policy(supplement_mode=settings.supplement_mode))
+    reference = ReferenceSource(Policy(supplement_mode=settings.supplement_mode))
     judged = Counter("tthc_resolution_events_total", "Accepted events judged by resolution, by verdict",
                      ["verdict"], registry=registry)
     state: dict[str, Any] = {}
@@ -56,7 +53,7 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
             await state["producer"].stop()
 
     app = service_app(title="TTHC resolution", description="The state of every dossier and why.",
-                      settings=settings, database=database, broker=broker, registry=registry,
+                      settings=settings, database=database, broker=broker, registry=registry, reference=reference,
                       on_start=on_start, on_stop=on_stop)
 
     @broker.subscriber(topics.ACCEPTED, group_id=settings.consumer_group, batch=True,
@@ -78,7 +75,8 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
             late = [e.dossier_code for e in fresh
                     if e.dossier_code in dossiers and e.occurred_at < dossiers[e.dossier_code].last_occurred_at]
             histories = await store.histories(conn, late) if late else {}
-            verdicts = judge(fresh, dossiers, histories, catalog=catalog, clock_for=clock_for, now=now)
+            current = reference.current
+            verdicts = judge(fresh, dossiers, histories, catalog=current.catalog, clock_for=current.clock_for, now=now)
             await store.write(conn, verdicts, now)
         judged.labels("accepted").inc(verdicts.accepted)
         judged.labels("refused").inc(verdicts.refused)
@@ -90,7 +88,7 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
         if found is None:
             raise HTTPException(404, f"no dossier {code}")
         view = found.model_dump(mode="json", exclude={"applicant_sealed"})
-        view["open_state"] = found.open_state(clock_for(found.unit_code), datetime.now(UTC))
+        view["open_state"] = found.open_state(reference.current.clock_for(found.unit_code), datetime.now(UTC))
         return view
 
     return app

@@ -163,3 +163,24 @@ async def test_resolution_folds_dedupes_refuses_and_publishes(resolution: httpx.
     assert refused[0]["reason"] == "impossible_transition"
     assert refused[0]["dossier_state"] == "received"
     assert (await resolution.get("/v1/dossiers/000.00.24.07420-261125-0000")).status_code == 404
+
+
+async def test_intake_lists_units_and_procedures_and_answers_deadlines(intake: httpx.AsyncClient) -> None:
+    units = (await intake.get("/v1/units")).json()
+    procedures = (await intake.get("/v1/procedures")).json()
+    assert len(units["units"]) == 100
+    assert units["version"]
+    assert len(procedures["procedures"]) >= 30
+    civil = next(p for p in procedures["procedures"] if p["cutoff"] == "15:00")
+    # Friday 7 February 2025, 16:00: after the 15:00 cutoff, so counted from Monday 10 February.
+    answer = await intake.get(f"/v1/procedures/{civil['code']}/deadline",
+                              params={"received_at": "2025-02-07T16:00:00+07:00", "unit": units["units"][1]["code"]})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["due_at"] == "2025-02-10T17:00:00+07:00"
+    assert body["appointment_vi"] == "17 giờ 00 phút, ngày 10/02/2025"
+    assert any(step["kind"] == "cutoff" for step in body["explanation"])
+    assert (await intake.get("/v1/procedures/9.999999/deadline",
+                             params={"received_at": "2025-02-07T16:00:00+07:00"})).status_code == 404
+    naive = await intake.get(f"/v1/procedures/{civil['code']}/deadline", params={"received_at": "2025-02-07T16:00:00"})
+    assert naive.status_code == 422
