@@ -46,7 +46,7 @@ def ensure_kafka_jars() -> Path:
         shutil.rmtree(libs)
     libs.mkdir(parents=True)
     subprocess.run(
-        ["mvn", "-B", "-q", "-f", str(POM), DEPENDENCY_PLUGIN, "-DincludeScope=runtime",
+        ["mvn", "-B", "-q", "-Dstyle.color=never", "-f", str(POM), DEPENDENCY_PLUGIN, "-DincludeScope=runtime",
          f"-DoutputDirectory={libs}"],
         check=True,
     )
