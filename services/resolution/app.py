@@ -6,18 +6,21 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
+from fastapi.responses import HTMLResponse
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from prometheus_client import CollectorRegistry, Counter
 
-from services.resolution import store
+from services.resolution import lookup, store
 from services.resolution.judge import judge
+from services.resolution.lookup import RateLimit
 from services.resolution.relay import OutboxRelay
 from services.resolution.settings import ResolutionSettings
 from shared.clock.policy import Policy
 from shared.contract import topics
 from shared.contract.lifecycle import EventAccepted
+from shared.crypto import Keyring
 from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
@@ -36,6 +39,9 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
     judged = Counter("tthc_resolution_events_total", "Accepted events judged by resolution, by verdict",
                      ["verdict"], registry=registry)
     state: dict[str, Any] = {}
+    if settings.data_keys is None:
+        raise SystemExit("TTHC_DATA_KEYS is required: the look-up page checks the applicant's ID digits")
+    keyring = Keyring.parse(settings.data_keys.get_secret_value())
 
     database = ServiceDatabase(settings.database_url, store.SCHEMA, MIGRATIONS, max_size=8)
 
@@ -90,5 +96,25 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
         view = found.model_dump(mode="json", exclude={"applicant_sealed"})
         view["open_state"] = found.open_state(reference.current.clock_for(found.unit_code), datetime.now(UTC))
         return view
+
+    by_client = RateLimit(limit=settings.lookup_per_client_per_minute, window=60.0)
+    by_code = RateLimit(limit=settings.lookup_misses_per_code_per_hour, window=3600.0)
+
+    @app.get("/tra-cuu", response_class=HTMLResponse, summary="Public dossier look-up page (Vietnamese)")
+    async def lookup_page(request: Request, ma_ho_so: str = "", so_dinh_danh: str = "") -> HTMLResponse:
+        code = ma_ho_so.strip()[:64]
+        if not code and not so_dinh_danh:
+            return HTMLResponse(lookup.render())
+        client = request.client.host if request.client else "unknown"
+        found = None
+        if by_client.allow(client) and not by_code.exhausted(code):
+            dossier = await store.dossier(database.pool, code)
+            if dossier is not None and lookup.id_matches(dossier, so_dinh_danh.strip(), keyring):
+                found = lookup.view(dossier, reference.current.catalog)
+            else:
+                by_code.record(code)  # wrong digits count against the code, so guessing them is slow
+        # One answer for every miss, so the page tells nobody which codes exist.
+        return HTMLResponse(lookup.render(code, found, missed=found is None),
+                            headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
     return app

@@ -12,3 +12,5 @@ class ResolutionSettings(CommonSettings):
     max_batch: int = 500
     supplement_mode: SupplementMode = SupplementMode.RESTART
     relay_batch: int = 1000
+    lookup_per_client_per_minute: int = 20
+    lookup_misses_per_code_per_hour: int = 10

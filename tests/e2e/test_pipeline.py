@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.infra.sinks import read_mail
-from shared.infra.stack import Ports, Stack
-from tests.conftest import Infra, free_port
+from shared.infra.stack import Stack
 from tests.support import cloudevent, dossier_code, eventually, received_data
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-async def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    from tests.conftest import fresh_database
-
-    ports = Ports(*(free_port() for _ in range(9)))
-    # A broker of its own: exact counts must not see other tiers' traffic (containers share theirs).
-    shared_broker = infra.bootstrap_servers if os.environ.get("TEST_INFRA") == "containers" else ""
-    running = Stack(tmp_path_factory.mktemp("stack"), ports=ports, simulator=False, partitions=3,
-                    bootstrap_servers=shared_broker, database_url=await fresh_database(infra))
-    try:
-        await running.start()
-        yield running
-    finally:
-        running.stop()
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:

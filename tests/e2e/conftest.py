@@ -1,0 +1,27 @@
+"""The whole stack as processes, shared by the end-to-end tests of one module."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shared.infra.stack import Ports, Stack
+from tests.conftest import Infra, free_port, fresh_database
+
+
+@pytest.fixture(scope="module")
+async def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    ports = Ports(*(free_port() for _ in range(9)))
+    # A broker of its own: exact counts must not see other tiers' traffic (containers share theirs).
+    shared_broker = infra.bootstrap_servers if os.environ.get("TEST_INFRA") == "containers" else ""
+    running = Stack(tmp_path_factory.mktemp("stack"), ports=ports, simulator=False, partitions=3,
+                    bootstrap_servers=shared_broker, database_url=await fresh_database(infra))
+    try:
+        await running.start()
+        yield running
+    finally:
+        running.stop()
+
+
