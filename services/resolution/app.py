@@ -13,7 +13,7 @@ from faststream.kafka import KafkaMessage
 from prometheus_client import CollectorRegistry, Counter
 
 from services.resolution import lookup, store
-from services.resolution.judge import judge
+from services.resolution.judge import judge, needs_history
 from services.resolution.lookup import RateLimit
 from services.resolution.relay import OutboxRelay
 from services.resolution.settings import ResolutionSettings
@@ -78,9 +78,8 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
                     fresh.append(event)
             codes = sorted({e.dossier_code for e in fresh})
             dossiers = await store.lock_dossiers(conn, codes)
-            late = [e.dossier_code for e in fresh
-                    if e.dossier_code in dossiers and e.occurred_at < dossiers[e.dossier_code].last_occurred_at]
-            histories = await store.histories(conn, late) if late else {}
+            late = needs_history(fresh, dossiers)
+            histories = await store.histories(conn, sorted(late)) if late else {}
             current = reference.current
             verdicts = judge(fresh, dossiers, histories, catalog=current.catalog, clock_for=current.clock_for, now=now)
             await store.write(conn, verdicts, now)

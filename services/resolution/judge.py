@@ -32,6 +32,18 @@ def _rejection(event: EventAccepted, refusal: EventRefused, state: str | None, n
     )
 
 
+def needs_history(events: list[EventAccepted], dossiers: dict[str, Dossier]) -> set[str]:
+    """Stored dossiers that some event of the batch reaches out of order, so their history must be loaded."""
+    latest = {code: dossier.last_occurred_at for code, dossier in dossiers.items()}
+    late: set[str] = set()
+    for event in events:
+        code = event.dossier_code
+        if code in dossiers and code in latest and event.occurred_at < latest[code]:
+            late.add(code)
+        latest[code] = max(latest.get(code, event.occurred_at), event.occurred_at)
+    return late
+
+
 def judge(
     events: list[EventAccepted],
     dossiers: dict[str, Dossier],
@@ -48,6 +60,8 @@ def judge(
     `histories` holds the accepted events of the dossiers that need it; it grows with this batch.
     """
     verdicts = Verdicts()
+    for code in {event.dossier_code for event in events} - dossiers.keys():
+        histories.setdefault(code, [])  # a dossier new in this batch: its whole history is in the batch
     for event in events:
         current = verdicts.dossiers.get(event.dossier_code) or dossiers.get(event.dossier_code)
         try:
@@ -76,7 +90,8 @@ def judge(
             verdicts.refused += 1
             continue
         verdicts.dossiers[event.dossier_code] = updated
-        histories.setdefault(event.dossier_code, []).append(event)
+        if event.dossier_code in histories:
+            histories[event.dossier_code].append(event)
         verdicts.recorded.append((event, updated.sequence, None))
         canonical: DossierLifecycleEvent = updated.lifecycle_event(event, clock_for(updated.unit_code), now)
         verdicts.outbox.append((topics.LIFECYCLE, event.dossier_code, canonical.model_dump_json().encode()))
