@@ -99,6 +99,29 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from services.resolution.replay import REPLAY_SCHEMA, replay
+    from shared.clock.policy import Policy, SupplementMode
+    from shared.db import create_pool
+    from shared.reference import Reference
+    from shared.settings import CommonSettings
+
+    async def run() -> list[Any]:
+        pool = await create_pool(args.database_url or CommonSettings().database_url)
+        try:
+            reference = Reference.load(Policy(supplement_mode=SupplementMode(args.supplement_mode)))
+            return await replay(pool, reference, apply=args.apply)
+        finally:
+            await pool.close()
+
+    differences = asyncio.run(run())
+    print(json.dumps({"rebuilt_into": REPLAY_SCHEMA, "applied": bool(args.apply and differences),
+                      "differences": [asdict(d) for d in differences]}, ensure_ascii=False, indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tthc", description="Operate the one-stop dossier timeliness platform.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--now", default=None)
     explain.add_argument("--duration", default=None, help="override the catalog's legal duration")
     explain.set_defaults(handler=_explain)
+
+    rebuild = commands.add_parser("replay", help="rebuild every dossier from its history and show what differs")
+    rebuild.add_argument("--database-url", default=None, help="defaults to DATABASE_URL")
+    rebuild.add_argument("--supplement-mode", default="restart", choices=["restart", "subtract"],
+                         help="the policy to rebuild under (a what-if)")
+    rebuild.add_argument("--apply", action="store_true", help="write the rebuilt state over the live one")
+    rebuild.set_defaults(handler=_replay)
 
     args = parser.parse_args(argv)
     return int(args.handler(args))
