@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
@@ -20,9 +21,14 @@ PROCEDURE = next(p for p in CATALOG.procedures.values() if p.duration.amount >= 
 UNIT = next(u for u in CATALOG.units.values() if u.level == "commune")
 
 
+# Unique within a test session (a random start so that sessions sharing a broker rarely meet).
+_SEQUENCE = itertools.count(random.randrange(1, 10**5))
+
+
 def dossier_code(day: datetime | None = None) -> str:
+    """A fresh dossier code in the Circular 04/2025 shape (two-character prefix, a sequence of 6+ digits)."""
     day = day or datetime.now(VN)
-    return f"000.00.24.{UNIT.code}-{day:%y%m%d}-{random.randrange(1, 10**4):04d}"
+    return f"000.00.24.{UNIT.code}-{day:%y%m%d}-TS{next(_SEQUENCE):06d}"
 
 
 def cloudevent(kind: EventType, code: str | None, data: dict[str, Any], *, at: datetime | None = None,

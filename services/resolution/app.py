@@ -49,7 +49,8 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
         producer = make_producer(settings.kafka_bootstrap_servers)
         await producer.start()
         relay = OutboxRelay(database.pool, producer, registry, batch=settings.relay_batch)
-        relay.start()
+        if settings.relay_enabled:
+            relay.start()
         state.update(producer=producer, relay=relay)
 
     async def on_stop() -> None:

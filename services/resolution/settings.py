@@ -12,5 +12,7 @@ class ResolutionSettings(CommonSettings):
     max_batch: int = 500
     supplement_mode: SupplementMode = SupplementMode.RESTART
     relay_batch: int = 1000
+    # Off holds canonical events in the outbox (maintenance, fault drills); they go out when it is on again.
+    relay_enabled: bool = True
     lookup_per_client_per_minute: int = 20
     lookup_misses_per_code_per_hour: int = 10

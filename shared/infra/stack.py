@@ -105,9 +105,9 @@ class Stack:
             self.bootstrap_servers = self.kafka.bootstrap_servers
         await ensure_topics(self.bootstrap_servers, self.partitions)
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen([sys.executable, *args], cwd=PROJECT_ROOT, env=self.env(),
+            process = subprocess.Popen([sys.executable, *args], cwd=PROJECT_ROOT, env={**self.env(), **(env or {})},
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name] = process
         return process
@@ -116,8 +116,8 @@ class Stack:
         self.spawn("sinks", "-m", "shared.infra.sinks", "--dir", str(self.outbox_dir),
                    "--smtp-port", str(self.ports.smtp), "--http-port", str(self.ports.sinks_http))
 
-    def start_service(self, name: str) -> None:
-        self.spawn(name, "-m", f"services.{name}")
+    def start_service(self, name: str, env: dict[str, str] | None = None) -> None:
+        self.spawn(name, "-m", f"services.{name}", env=env)
 
     async def wait_ready(self, name: str, timeout: float = 90.0) -> None:
         url = f"http://127.0.0.1:{self.ports.of(name)}/readyz"
