@@ -25,7 +25,7 @@ run: setup
 
 test: setup browser
 	@$(VENV)/bin/ruff check .
-	@$(VENV)/bin/mypy shared services tests
+	@$(VENV)/bin/mypy shared services tests bench
 	@$(VENV)/bin/pytest
 
 unit: setup

@@ -88,7 +88,6 @@ class Dossier(BaseModel):
     steps: dict[str, StepView] = {}
     last_occurred_at: datetime
     timeline: list[TimelineEntry] = []
-    explanation: list[dict[str, Any]] = []
     calendar_version: str = ""
     policy_version: str = ""
     applicant_sealed: str | None = None
@@ -109,6 +108,15 @@ class Dossier(BaseModel):
             paused=self.state in (DossierState.PAUSED, DossierState.AWAITING_FEE),
             awaiting_supplement=self.state is DossierState.AWAITING_SUPPLEMENT,
         )
+
+    def explanation(self, catalog: Catalog, clock: Clock) -> list[dict[str, Any]]:
+        """How the running clock's base deadline was counted, day by day. Derived on read rather than stored:
+        it follows from when the clock started, the duration and the calendar; what moved the deadline since is
+        in the timeline."""
+        if self.legal_due_at is None or not self.duration:
+            return []
+        deadline = clock.due(self.clock_started_at, Duration.parse(self.duration), self._cutoff(catalog))
+        return [dict(vars(step)) for step in deadline.explanation]
 
     def lifecycle_event(self, accepted: EventAccepted, clock: Clock, now: datetime) -> DossierLifecycleEvent:
         """The canonical event announcing this dossier as it stands after `accepted`."""
@@ -162,7 +170,6 @@ class Dossier(BaseModel):
             timeline=[TimelineEntry(sequence=1, event_type=event.event_type, occurred_at=event.occurred_at,
                                     state=DossierState.RECEIVED, due_at=deadline.due_at,
                                     clock_change=f"received: due {deadline.due_at.isoformat()} ({duration})")],
-            explanation=[_step_json(step) for step in deadline.explanation],
             calendar_version=deadline.calendar_version, policy_version=deadline.policy_version,
             applicant_sealed=event.applicant_sealed, notify_via=event.notify_via,
         )
@@ -207,8 +214,7 @@ class Dossier(BaseModel):
             change["stopped_since"] = None
             if clock.policy.supplement_mode is SupplementMode.RESTART:
                 deadline = clock.due(at, Duration.parse(self.duration), self._cutoff(catalog))
-                change |= {"legal_due_at": deadline.due_at, "clock_started_at": at,
-                           "explanation": [_step_json(step) for step in deadline.explanation]}
+                change |= {"legal_due_at": deadline.due_at, "clock_started_at": at}
                 if not self.apology_issued:
                     change["appointment_at"] = deadline.due_at
                 note = "complete dossier received: the clock restarts from zero (Decree 61/2018 art. 19.4)"
@@ -297,10 +303,6 @@ def _step_due(data: dict[str, Any], at: datetime, clock_for: ClockFor) -> dateti
     if data.get("duration"):
         return clock_for(data["unit_code"]).due(at, Duration.parse(data["duration"])).due_at
     return None
-
-
-def _step_json(step: Any) -> dict[str, Any]:
-    return dict(vars(step))
 
 
 def fold(events: Iterable[EventAccepted], catalog: Catalog, clock_for: ClockFor,

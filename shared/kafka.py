@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.message import StreamMessage
 from prometheus_client import CollectorRegistry
 
 from shared.contract import topics
@@ -25,6 +29,37 @@ def make_broker(bootstrap_servers: str, *, registry: CollectorRegistry, app_name
         middlewares=(KafkaPrometheusMiddleware(registry=registry, app_name=app_name),),
         logger=log,
     )
+
+
+if TYPE_CHECKING:
+    Records = tuple[ConsumerRecord[bytes, bytes], ...]
+else:
+    # FastStream validates a handler's arguments by their annotations; raw records need none, so at run time
+    # the annotation is Any.
+    Records = Any
+BatchHandler = Callable[[Records], Awaitable[None]]
+
+
+async def _raw_records(message: StreamMessage[Any]) -> Records:
+    raw = message.raw_message
+    return raw if isinstance(raw, tuple) else (raw,)
+
+
+def batch_subscriber(broker: KafkaBroker, topic: str, *, group_id: str,
+                     max_records: int) -> Callable[[BatchHandler], BatchHandler]:
+    """A consumer-group subscriber handed each batch as the raw records, committed only after the handler
+    returns (a failure seeks back and redelivers). Bodies stay bytes: handlers parse them with the contract's
+    models, so a malformed record reaches the handler to be refused instead of failing a generic decoder, and
+    no time goes to decoding twice."""
+    subscriber = broker.subscriber(topic, group_id=group_id, batch=True, max_records=max_records,
+                                   auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR,
+                                   decoder=_raw_records)
+
+    def register(handler: BatchHandler) -> BatchHandler:
+        subscriber(handler)
+        return handler
+
+    return register
 
 
 def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:

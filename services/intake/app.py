@@ -10,8 +10,6 @@ from zoneinfo import ZoneInfo
 
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from faststream import AckPolicy
-from faststream.kafka import KafkaMessage
 from prometheus_client import CollectorRegistry
 
 from services.intake import domain
@@ -26,7 +24,7 @@ from shared.crypto import Keyring
 from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import make_broker, make_producer
+from shared.kafka import Records, batch_subscriber, make_broker, make_producer
 from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
@@ -93,12 +91,10 @@ def build_app(settings: IntakeSettings | None = None) -> Any:
                       broker=broker, registry=registry, reference=reference, on_start=on_start,
                       on_stop=on_stop)
 
-    @broker.subscriber(topics.INGRESS, group_id=settings.consumer_group, batch=True, max_records=500,
-                       auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR)
-    async def on_ingress(_: Any, message: KafkaMessage) -> None:
+    @batch_subscriber(broker, topics.INGRESS, group_id=settings.consumer_group, max_records=500)
+    async def on_ingress(records: Records) -> None:
         # Bytes as the commune sent them: a malformed record must be refused with a reason, not crash the
         # decoder and stall the partition.
-        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
         await pipeline().process([Item.from_bytes(record.value or b"") for record in records], channel="kafka")
 
     @app.post(

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from faststream import AckPolicy
-from faststream.kafka import KafkaMessage
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -26,7 +24,7 @@ from shared.contract.lifecycle import DossierLifecycleEvent
 from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import make_broker
+from shared.kafka import Records, batch_subscriber, make_broker
 from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
@@ -117,10 +115,8 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
             await refresh()
         return await call_next(request)
 
-    @broker.subscriber(topics.LIFECYCLE, group_id=settings.consumer_group, batch=True, max_records=1000,
-                       auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR)
-    async def on_lifecycle(_: Any, message: KafkaMessage) -> None:
-        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
+    @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=1000)
+    async def on_lifecycle(records: Records) -> None:
         events = [(record.partition, DossierLifecycleEvent.model_validate_json(record.value))
                   for record in records if record.value]
         async with database.pool.acquire() as conn, conn.transaction():

@@ -12,8 +12,6 @@ from email.message import EmailMessage
 from typing import Any
 
 import asyncpg
-from faststream import AckPolicy
-from faststream.kafka import KafkaMessage
 from prometheus_client import CollectorRegistry, Counter
 
 from services.notify.messages import owed, render
@@ -25,7 +23,7 @@ from shared.crypto import Keyring, SealError
 from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import make_broker
+from shared.kafka import Records, batch_subscriber, make_broker
 from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
@@ -157,10 +155,8 @@ def build_app(settings: NotifySettings | None = None) -> Any:
                       settings=settings, database=database, broker=broker, registry=registry, reference=reference,
                       on_start=on_start, on_stop=on_stop)
 
-    @broker.subscriber(topics.LIFECYCLE, group_id=settings.consumer_group, batch=True, max_records=500,
-                       auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR)
-    async def on_lifecycle(_: Any, message: KafkaMessage) -> None:
-        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
+    @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=500)
+    async def on_lifecycle(records: Records) -> None:
         events = [DossierLifecycleEvent.model_validate_json(r.value) for r in records if r.value]
         now = datetime.now(UTC)
         async with database.pool.acquire() as conn, conn.transaction():

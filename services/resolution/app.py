@@ -8,8 +8,6 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse
-from faststream import AckPolicy
-from faststream.kafka import KafkaMessage
 from prometheus_client import CollectorRegistry, Counter
 
 from services.resolution import lookup, store
@@ -24,7 +22,7 @@ from shared.crypto import Keyring
 from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import make_broker, make_producer
+from shared.kafka import Records, batch_subscriber, make_broker, make_producer
 from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
@@ -63,11 +61,8 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
                       settings=settings, database=database, broker=broker, registry=registry, reference=reference,
                       on_start=on_start, on_stop=on_stop)
 
-    @broker.subscriber(topics.ACCEPTED, group_id=settings.consumer_group, batch=True,
-                       max_records=settings.max_batch, auto_offset_reset="earliest",
-                       ack_policy=AckPolicy.NACK_ON_ERROR)
-    async def on_accepted(_: Any, message: KafkaMessage) -> None:
-        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
+    @batch_subscriber(broker, topics.ACCEPTED, group_id=settings.consumer_group, max_records=settings.max_batch)
+    async def on_accepted(records: Records) -> None:
         events = [EventAccepted.model_validate_json(record.value) for record in records if record.value]
         now = datetime.now(UTC)
         async with database.pool.acquire() as conn, conn.transaction():
@@ -94,7 +89,10 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
         if found is None:
             raise HTTPException(404, f"no dossier {code}")
         view = found.model_dump(mode="json", exclude={"applicant_sealed"})
-        view["open_state"] = found.open_state(reference.current.clock_for(found.unit_code), datetime.now(UTC))
+        current = reference.current
+        clock = current.clock_for(found.unit_code)
+        view["open_state"] = found.open_state(clock, datetime.now(UTC))
+        view["explanation"] = found.explanation(current.catalog, clock)
         return view
 
     by_client = RateLimit(limit=settings.lookup_per_client_per_minute, window=60.0)

@@ -152,6 +152,7 @@ async def test_resolution_folds_dedupes_refuses_and_publishes(resolution: httpx.
 
     dossier = await eventually(resolved, what="the dossier resolved")
     assert [e["event_type"] for e in dossier["timeline"]] == ["received", "apology_issued", "resolved"]
+    assert any(step["kind"] == "counted_day" for step in dossier["explanation"])
     assert dossier["apology_issued"]
     assert dossier["appointment_at"].startswith("2099-01-01")
     canonical = await records(infra.bootstrap_servers, topics.LIFECYCLE, lambda r: r["dossier_code"] == code, 3)

@@ -1,0 +1,201 @@
+"""How many accepted events per second resolution judges and commits, against the floor of the same machine.
+
+Runs a broker and a database of its own (or KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL), loads the accepted
+topic with realistic lifecycles, then starts resolution as a process and times it from its first commit to
+its last. In the same run it measures the floor: raw aiokafka producing and consuming the same payloads,
+and raw asyncpg writing the same number of rows. Writes JSON to bench/results/.
+
+    .venv/bin/python -m bench.resolution_throughput --dossiers 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.clock.policy import Policy
+from shared.contract import topics
+from shared.contract.events import EventType
+from shared.contract.lifecycle import EventAccepted
+from shared.crypto import Keyring, new_key_spec
+from shared.infra.kafka import LocalKafka
+from shared.infra.paths import PROJECT_ROOT
+from shared.infra.postgres import LocalPostgres
+from shared.kafka import ensure_topics
+from shared.reference import Reference
+
+RESULTS = PROJECT_ROOT / "bench" / "results"
+VN_OFFSET = timedelta(hours=7)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def lifecycles(dossiers: int, keyring: Keyring) -> list[tuple[bytes, bytes]]:
+    """(key, payload) for received -> step started -> resolved of each dossier, interleaved as communes send."""
+    reference = Reference.load(Policy())
+    procedures = list(reference.catalog.procedures.values())
+    units = [unit for unit in reference.catalog.units.values() if unit.level == "commune"]
+    start = datetime(2025, 3, 3, 1, 0, tzinfo=UTC)
+    out: list[tuple[bytes, bytes]] = []
+    for number in range(dossiers):
+        unit, procedure = units[number % len(units)], procedures[number % len(procedures)]
+        at = start + timedelta(minutes=number % 600)
+        code = f"000.00.24.{unit.code}-250303-BN{number:06d}"
+        steps = [
+            (EventType.RECEIVED, {"procedure_code": procedure.code, "unit_code": unit.code, "channel": "online"}),
+            (EventType.STEP_STARTED, {"step": "thẩm định", "unit_code": unit.code, "duration": "1 working_days"}),
+            (EventType.RESOLVED, {}),
+        ]
+        for index, (kind, data) in enumerate(steps):
+            sealed = keyring.seal(b'{"full_name": "x"}', code) if kind is EventType.RECEIVED else None
+            event = EventAccepted(id=f"bench-{number}-{index}", source="urn:bench", event_type=kind,
+                                  dossier_code=code, occurred_at=at + timedelta(hours=index), accepted_at=at,
+                                  data=data, applicant_sealed=sealed)
+            out.append((code.encode(), event.model_dump_json().encode()))
+    return out
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(records) / (time.perf_counter() - started)
+
+
+async def consume_all(bootstrap: str, topic: str, count: int) -> float:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    seen = 0
+    started = time.perf_counter()
+    try:
+        while seen < count:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                seen += len(records)
+    finally:
+        await consumer.stop()
+    return count / (time.perf_counter() - started)
+
+
+async def raw_inserts(database_url: str, records: list[tuple[bytes, bytes]]) -> float:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("CREATE TEMP TABLE floor (key text, payload jsonb)")
+        started = time.perf_counter()
+        for start in range(0, len(records), 500):
+            chunk = records[start:start + 500]
+            async with conn.transaction():
+                await conn.executemany("INSERT INTO floor VALUES ($1, $2::jsonb)",
+                                       [(key.decode(), value.decode()) for key, value in chunk])
+        return len(records) / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+async def judged(database_url: str) -> tuple[int, datetime | None, datetime | None]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('resolution.events') IS NOT NULL"):
+            return (0, None, None)
+        row = await conn.fetchrow("SELECT count(*) AS n, min(recorded_at) AS first, max(recorded_at) AS last "
+                                  "FROM resolution.events")
+        assert row is not None
+        return (int(row["n"]), row["first"], row["last"])
+    finally:
+        await conn.close()
+
+
+async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="tthc-bench-"))
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    database_url = os.environ.get("DATABASE_URL", "")
+    kafka = None if bootstrap else LocalKafka(home / "kafka", free_port(), free_port())
+    postgres = None if database_url else LocalPostgres(home / "pg" / "data", free_port())
+    resolutions: list[asyncio.subprocess.Process] = []
+    try:
+        if kafka is not None:
+            kafka.start()
+        if postgres is not None:
+            database_url = postgres.start()
+        if kafka is not None:
+            await kafka.wait_ready()
+            bootstrap = kafka.bootstrap_servers
+        await ensure_topics(bootstrap, partitions)
+        keys = new_key_spec("bench")
+        records = lifecycles(dossiers, Keyring.parse(keys))
+        produce_rate = await produce(bootstrap, topics.ACCEPTED, records)
+        consume_rate = await consume_all(bootstrap, topics.ACCEPTED, len(records))
+        insert_rate = await raw_inserts(database_url, records)
+
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
+               "TTHC_DATA_KEYS": keys, "TTHC_LOG_LEVEL": "WARNING"}
+        profiler = os.environ.get("BENCH_PROFILE")  # e.g. "py-spy record -o out.svg --" to see where time goes
+        resolutions = [
+            await asyncio.create_subprocess_exec(
+                *(profiler.split() if profiler else []), sys.executable, "-m", "services.resolution",
+                cwd=PROJECT_ROOT, env={**env, "RESOLUTION_PORT": str(free_port())},
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            for _ in range(instances)
+        ]
+        deadline = time.monotonic() + 600
+        count, first, last = 0, None, None
+        while count < len(records) and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            count, first, last = await judged(database_url)
+        seconds = (last - first).total_seconds() if first and last else float("nan")
+        rate = count / seconds if seconds else float("nan")
+        return {
+            "benchmark": "resolution_throughput",
+            "measured_at": datetime.now(UTC).isoformat(),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "dossiers": dossiers, "events": len(records), "partitions": partitions, "instances": instances,
+            "judged": count,
+            "resolution_events_per_s": round(rate), "seconds": round(seconds, 2),
+            "floor": {"aiokafka_produce_per_s": round(produce_rate), "aiokafka_consume_per_s": round(consume_rate),
+                      "asyncpg_insert_per_s": round(insert_rate)},
+            "ratio_to_asyncpg_floor": round(rate / insert_rate, 3),
+        }
+    finally:
+        for process in resolutions:
+            process.terminate()
+            await process.wait()
+        if kafka is not None:
+            kafka.stop()
+        if postgres is not None:
+            postgres.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dossiers", type=int, default=20000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--instances", type=int, default=1, help="resolution processes in one consumer group")
+    args = parser.parse_args()
+    result = asyncio.run(main(args.dossiers, args.partitions, args.instances))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"resolution-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
