@@ -94,7 +94,7 @@ def _explain(args: argparse.Namespace) -> int:
     now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
     view = dossier.model_dump(mode="json", exclude={"applicant_sealed", "notify_via"})
     view["due_at"] = view["legal_due_at"]
-    view["open_state"] = dossier.open_state(clock_for(dossier.unit_code), now)
+    view["open_state"] = dossier.open_state(now)
     view["explanation"] = dossier.explanation(catalog, clock_for(dossier.unit_code))
     print(json.dumps(view, ensure_ascii=False, indent=2))
     return 0

@@ -77,6 +77,9 @@ class Dossier(BaseModel):
     received_at: datetime
     clock_started_at: datetime
     legal_due_at: datetime | None = None
+    # When the dossier turns due_soon: kept with the due instant it derives from, because every event and
+    # every timer asks for it and computing it walks office hours.
+    due_soon_at: datetime | None = None
     appointment_at: datetime | None = None
     stopped_since: datetime | None = None
     supplement_count: int = 0
@@ -100,14 +103,17 @@ class Dossier(BaseModel):
     def is_open(self) -> bool:
         return self.state in OPEN
 
-    def open_state(self, clock: Clock, now: datetime) -> OpenState | None:
-        if not self.is_open or self.legal_due_at is None:
+    def open_state(self, now: datetime) -> OpenState | None:
+        """Where an open dossier stands at `now` (the clock's classify_open, from the stored due_soon_at)."""
+        if not self.is_open or self.legal_due_at is None or self.due_soon_at is None:
             return None
-        return clock.classify_open(
-            now, self.legal_due_at,
-            paused=self.state in (DossierState.PAUSED, DossierState.AWAITING_FEE),
-            awaiting_supplement=self.state is DossierState.AWAITING_SUPPLEMENT,
-        )
+        if self.state is DossierState.AWAITING_SUPPLEMENT:
+            return OpenState.AWAITING_SUPPLEMENT
+        if self.state in (DossierState.PAUSED, DossierState.AWAITING_FEE):
+            return OpenState.PAUSED
+        if now > self.legal_due_at:
+            return OpenState.OVERDUE
+        return OpenState.DUE_SOON if now >= self.due_soon_at else OpenState.ON_TRACK
 
     def explanation(self, catalog: Catalog, clock: Clock) -> list[dict[str, Any]]:
         """How the running clock's base deadline was counted, day by day. Derived on read rather than stored:
@@ -129,7 +135,8 @@ class Dossier(BaseModel):
             source=accepted.source, source_event_id=accepted.id, procedure_code=self.procedure_code,
             unit_code=self.unit_code, sector=self.sector, channel=self.channel, state=self.state,
             status_code=STATUS_CODES[self.state], received_at=self.received_at, legal_due_at=self.legal_due_at,
-            appointment_at=self.appointment_at, open_state=self.open_state(clock, accepted.occurred_at),
+            due_soon_at=self.due_soon_at, appointment_at=self.appointment_at,
+            open_state=self.open_state(accepted.occurred_at),
             timeliness=self.timeliness, completed_at=self.completed_at, time_used_ratio=self.time_used_ratio,
             supplement_count=self.supplement_count, apology_issued=self.apology_issued,
             apology_late=self.apology_late, step=step, reason=self.reason,
@@ -160,12 +167,13 @@ class Dossier(BaseModel):
         unit_code = event.data["unit_code"]
         clock = clock_for(unit_code)
         duration = duration_override or procedure.duration
-        deadline = clock.due(event.occurred_at, duration, procedure.cutoff)
+        deadline = clock.due(event.occurred_at, duration, procedure.cutoff, explain=False)
         return cls(
             code=event.dossier_code, procedure_code=procedure.code, unit_code=unit_code,
             sector=procedure.sector, channel=event.data["channel"], duration=str(duration),
             state=DossierState.RECEIVED, sequence=1, received_at=event.occurred_at,
-            clock_started_at=event.occurred_at, legal_due_at=deadline.due_at, appointment_at=deadline.due_at,
+            clock_started_at=event.occurred_at, legal_due_at=deadline.due_at,
+            due_soon_at=clock.due_soon_at(deadline.due_at), appointment_at=deadline.due_at,
             last_occurred_at=event.occurred_at,
             timeline=[TimelineEntry(sequence=1, event_type=event.event_type, occurred_at=event.occurred_at,
                                     state=DossierState.RECEIVED, due_at=deadline.due_at,
@@ -213,7 +221,7 @@ class Dossier(BaseModel):
             change["state"] = DossierState.PROCESSING
             change["stopped_since"] = None
             if clock.policy.supplement_mode is SupplementMode.RESTART:
-                deadline = clock.due(at, Duration.parse(self.duration), self._cutoff(catalog))
+                deadline = clock.due(at, Duration.parse(self.duration), self._cutoff(catalog), explain=False)
                 change |= {"legal_due_at": deadline.due_at, "clock_started_at": at}
                 if not self.apology_issued:
                     change["appointment_at"] = deadline.due_at
@@ -267,8 +275,10 @@ class Dossier(BaseModel):
 
         new_state = change.get("state", state)
         due_after = change.get("legal_due_at", self.legal_due_at)
-        entry = TimelineEntry(sequence=self.sequence + 1, event_type=kind, occurred_at=at, state=new_state,
-                              due_at=due_after, clock_change=note)
+        if due_after != self.legal_due_at and due_after is not None:
+            change["due_soon_at"] = clock.due_soon_at(due_after)
+        entry = TimelineEntry(sequence=self.sequence + 1, event_type=kind, occurred_at=at,
+                                              state=new_state, due_at=due_after, clock_change=note)
         return self.model_copy(update={**change, "sequence": self.sequence + 1, "timeline": [*self.timeline, entry],
                                        "last_occurred_at": max(self.last_occurred_at, at)})
 
@@ -301,7 +311,7 @@ def _step_due(data: dict[str, Any], at: datetime, clock_for: ClockFor) -> dateti
     if data.get("due_at"):
         return datetime.fromisoformat(data["due_at"])
     if data.get("duration"):
-        return clock_for(data["unit_code"]).due(at, Duration.parse(data["duration"])).due_at
+        return clock_for(data["unit_code"]).due(at, Duration.parse(data["duration"]), explain=False).due_at
     return None
 
 

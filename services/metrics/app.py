@@ -132,8 +132,7 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
                 last[event.dossier_code] = event.sequence
                 tally(event, part, deltas)
                 kind = open_kind(event)
-                due_soon = (reference.current.clock_for(event.unit_code).due_soon_at(event.legal_due_at)
-                            if kind and event.legal_due_at else None)
+                due_soon = event.due_soon_at if kind else None
                 progress[event.dossier_code] = (event.dossier_code, part, event.sequence, event.unit_code,
                                                 event.sector, event.channel, kind, event.legal_due_at, due_soon)
             if progress:

@@ -61,7 +61,8 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
                       settings=settings, database=database, broker=broker, registry=registry, reference=reference,
                       on_start=on_start, on_stop=on_stop)
 
-    @batch_subscriber(broker, topics.ACCEPTED, group_id=settings.consumer_group, max_records=settings.max_batch)
+    @batch_subscriber(broker, topics.ACCEPTED, group_id=settings.consumer_group, max_records=settings.max_batch,
+                      consumers=settings.consumers)
     async def on_accepted(records: Records) -> None:
         events = [EventAccepted.model_validate_json(record.value) for record in records if record.value]
         now = datetime.now(UTC)
@@ -91,7 +92,7 @@ def build_app(settings: ResolutionSettings | None = None) -> Any:
         view = found.model_dump(mode="json", exclude={"applicant_sealed"})
         current = reference.current
         clock = current.clock_for(found.unit_code)
-        view["open_state"] = found.open_state(clock, datetime.now(UTC))
+        view["open_state"] = found.open_state(datetime.now(UTC))
         view["explanation"] = found.explanation(current.catalog, clock)
         return view
 

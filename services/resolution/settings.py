@@ -10,6 +10,7 @@ class ResolutionSettings(CommonSettings):
     port: int = 8001
     consumer_group: str = "resolution"
     max_batch: int = 500
+    consumers: int = 2
     supplement_mode: SupplementMode = SupplementMode.RESTART
     relay_batch: int = 1000
     # Off holds canonical events in the outbox (maintenance, fault drills); they go out when it is on again.

@@ -572,11 +572,14 @@ class Clock:
             return start, steps
         return received, steps
 
-    def due(self, received_at: datetime, duration: Duration, cutoff: time | None = None) -> Deadline:
+    def due(self, received_at: datetime, duration: Duration, cutoff: time | None = None, *,
+            explain: bool = True) -> Deadline:
         """The legal due instant of a dossier (or a step) received at `received_at`, with its explanation.
 
         `cutoff` is the procedure's same-day cutoff (15:00 for civil status and certification); a receipt
         strictly after it on a working day counts from the next working day's opening, for every unit.
+        With `explain=False` the explanation may be partial: the hot path (one call per event) needs only
+        the instant, and the full explanation is rebuilt on read.
         """
         if duration.amount < 0:
             raise ValueError("a duration cannot be negative")
@@ -588,7 +591,7 @@ class Clock:
                 f"Received {_instant_en(received)} (Asia/Ho_Chi_Minh); processing time {duration}.",
                 f"Tiếp nhận lúc {_instant_vi(received)}; thời hạn giải quyết {_duration_vi(duration)}.",
             )
-        ]
+        ] if explain else []
         start, moved_steps = self._start(received, cutoff)
         steps.extend(moved_steps)
         start_day = start.date()
@@ -606,7 +609,8 @@ class Clock:
                     _CIVIL_CODE_HOURS,
                 )
             )
-            steps.extend(self._explain_hours(start, due_at, amount))
+            if explain:
+                steps.extend(self._explain_hours(start, due_at, amount))
             steps.append(
                 ExplanationStep(
                     "due",

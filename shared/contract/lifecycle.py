@@ -111,6 +111,7 @@ class DossierLifecycleEvent(BaseModel):
     status_code: int
     received_at: datetime
     legal_due_at: datetime | None
+    due_soon_at: datetime | None = None
     appointment_at: datetime | None
     open_state: OpenState | None = None
     timeliness: Timeliness | None = None

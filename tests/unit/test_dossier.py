@@ -51,9 +51,9 @@ def test_receipt_sets_the_legal_due_instant_with_its_explanation() -> None:
     assert dossier.legal_due_at == DUE == dossier.appointment_at
     assert dossier.calendar_version == CALENDAR.version
     assert any(step["kind"] == "counted_day" for step in dossier.explanation(CATALOG, RESTART(UNIT.code)))
-    assert dossier.open_state(RESTART(UNIT.code), MONDAY) is OpenState.ON_TRACK
-    assert dossier.open_state(RESTART(UNIT.code), DUE - timedelta(hours=2)) is OpenState.DUE_SOON
-    assert dossier.open_state(RESTART(UNIT.code), DUE + timedelta(minutes=1)) is OpenState.OVERDUE
+    assert dossier.open_state(MONDAY) is OpenState.ON_TRACK
+    assert dossier.open_state(DUE - timedelta(hours=2)) is OpenState.DUE_SOON
+    assert dossier.open_state(DUE + timedelta(minutes=1)) is OpenState.OVERDUE
 
 
 @pytest.mark.parametrize(("completed", "timeliness"), [
