@@ -24,7 +24,9 @@ def _up(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from shared.simulator import simulate
 
-    sent = asyncio.run(simulate(args.intake_url, args.rate, args.duration, args.seed))
+    key = os.environ.get("TTHC_SIMULATOR_API_KEY", "")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    sent = asyncio.run(simulate(args.intake_url, args.rate, args.duration, args.seed, headers))
     print(json.dumps({"sent": sent}))
     return 0
 
@@ -123,6 +125,35 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_keys(args: argparse.Namespace) -> int:
+    from services.intake import keys
+    from services.intake.app import MIGRATIONS
+    from services.intake.store import SCHEMA
+    from shared.db import create_pool, migrate
+    from shared.settings import CommonSettings
+
+    async def run() -> dict[str, Any]:
+        pool = await create_pool(args.database_url or CommonSettings().database_url, max_size=2)
+        try:
+            await migrate(pool, SCHEMA, MIGRATIONS)
+            async with pool.acquire() as conn:
+                if args.action == "create":
+                    units = [code.strip() for code in args.units.split(",") if code.strip()]
+                    key = await keys.create(conn, args.source, units)
+                    return {"source": args.source, "units": units, "api_key": key}
+                if args.action == "rotate":
+                    return {"source": args.source, "api_key": await keys.rotate(conn, args.source)}
+                return {"source": args.source, "revoked": await keys.revoke(conn, args.source, args.key_id)}
+        finally:
+            await pool.close()
+
+    answer = asyncio.run(run())
+    if "api_key" in answer:
+        answer["note"] = "shown once: store it in the commune system now"
+    print(json.dumps(answer, ensure_ascii=False, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tthc", description="Operate the one-stop dossier timeliness platform.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +188,19 @@ def main(argv: list[str] | None = None) -> int:
                          help="the policy to rebuild under (a what-if)")
     rebuild.add_argument("--apply", action="store_true", help="write the rebuilt state over the live one")
     rebuild.set_defaults(handler=_replay)
+
+    api_keys = commands.add_parser("api-keys", help="create, rotate or revoke a commune system's API key")
+    key_actions = api_keys.add_subparsers(dest="action", required=True)
+    for action, text in (("create", "a new key (printed once)"), ("rotate", "a new key; the old ones revoked"),
+                         ("revoke", "revoke the source's keys")):
+        command = key_actions.add_parser(action, help=text)
+        command.add_argument("--source", required=True, help="the CloudEvents source the key speaks for")
+        command.add_argument("--database-url", default=None, help="defaults to DATABASE_URL")
+        if action == "create":
+            command.add_argument("--units", required=True, help="unit codes, comma-separated")
+        if action == "revoke":
+            command.add_argument("--key-id", default=None, help="only this key")
+        command.set_defaults(handler=_api_keys)
 
     args = parser.parse_args(argv)
     return int(args.handler(args))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from shared.catalog import Catalog
 from shared.contract.events import EventType, schema_uri
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
+SOURCE = "urn:tthc:bac-ninh:mot-cua"
+"""The simulated province's one-stop system: the source of every simulated event and of its API key."""
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô"]
 MIDDLE = ["Văn", "Thị", "Đức", "Minh", "Thu", "Ngọc", "Quang", "Hữu"]
 GIVEN = ["An", "Bình", "Chi", "Dũng", "Hà", "Hùng", "Lan", "Mai", "Nam", "Phương", "Quân", "Thảo", "Tuấn", "Yến"]
@@ -109,7 +112,7 @@ class Simulator:
             if dossier.sent == len(dossier.plan):
                 self.open.remove(dossier)
             events.append({
-                "specversion": "1.0", "id": str(uuid.uuid4()), "source": f"urn:tthc:commune:{dossier.unit_code}",
+                "specversion": "1.0", "id": str(uuid.uuid4()), "source": SOURCE,
                 "type": kind.cloudevents_type, "subject": dossier.code, "time": dossier.clock.isoformat(),
                 "datacontenttype": "application/json", "dataschema": schema_uri(kind), "data": data,
             })
@@ -126,10 +129,12 @@ async def simulate(intake_url: str, rate: float, duration: float | None = None, 
         while duration is None or asyncio.get_running_loop().time() - started < duration:
             batch = simulator.next_events(datetime.now(UTC), max(1, round(rate)))
             try:
-                await client.post("/v1/events", json=batch,
-                                  headers={"content-type": "application/cloudevents-batch+json"})
+                reply = await client.post("/v1/events", json=batch,
+                                          headers={"content-type": "application/cloudevents-batch+json"})
                 sent += len(batch)
-            except httpx.HTTPError:
-                pass  # intake restarting: the demo goes on
+                if reply.status_code not in (202, 207):
+                    print(f"intake answered {reply.status_code}: {reply.text[:300]}", file=sys.stderr, flush=True)
+            except httpx.HTTPError as error:
+                print(f"intake unreachable ({type(error).__name__}); retrying", file=sys.stderr, flush=True)
             await asyncio.sleep(1.0)
     return sent

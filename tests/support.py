@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from shared.catalog import Catalog
 from shared.contract.events import EventType, schema_uri
+from shared.simulator import SOURCE
 
 VN = timezone(timedelta(hours=7))
 T = TypeVar("T")
@@ -32,7 +33,7 @@ def dossier_code(day: datetime | None = None) -> str:
 
 
 def cloudevent(kind: EventType, code: str | None, data: dict[str, Any], *, at: datetime | None = None,
-               source: str = "urn:tthc:commune:test", event_id: str | None = None) -> dict[str, Any]:
+               source: str = SOURCE, event_id: str | None = None) -> dict[str, Any]:
     event = {
         "specversion": "1.0", "id": event_id or str(uuid.uuid4()), "source": source,
         "type": kind.cloudevents_type, "time": (at or datetime.now(VN)).isoformat(),

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from services.intake import domain
+from services.intake.keys import KeyCache
 from services.intake.pipeline import IntakeMetrics, IntakePipeline, Item, Outcome, Status
 from services.intake.settings import IntakeSettings
 from services.intake.store import SCHEMA
@@ -39,18 +40,25 @@ same `source` and `id` were accepted before; nothing changes) or `rejected` with
 Every rejection is also published on `tthc.rejections.v1`."""
 
 
+REFUSAL_STATUS = {
+    RejectionReason.MALFORMED_JSON: 400,
+    RejectionReason.UNAUTHENTICATED: 401,
+    RejectionReason.FORGED_SOURCE: 403,
+    RejectionReason.FORBIDDEN_UNIT: 403,
+    RejectionReason.PAYLOAD_TOO_LARGE: 413,
+}
+
+
 def _answer(outcomes: list[Outcome], batch: bool) -> JSONResponse:
     if batch:
         everything_accepted = all(outcome.status is not Status.REJECTED for outcome in outcomes)
         return JSONResponse({"results": [outcome.as_json() for outcome in outcomes]},
                             status_code=202 if everything_accepted else 207)
     outcome = outcomes[0]
-    status = {Status.ACCEPTED: 202, Status.DUPLICATE: 200}.get(outcome.status)
-    if status is None:
-        status = 413 if outcome.reason == RejectionReason.PAYLOAD_TOO_LARGE else 422
-        if outcome.reason == RejectionReason.MALFORMED_JSON:
-            status = 400
-    return JSONResponse(outcome.as_json(), status_code=status)
+    status = {Status.ACCEPTED: 202, Status.DUPLICATE: 200}.get(outcome.status) or REFUSAL_STATUS.get(
+        RejectionReason(outcome.reason or RejectionReason.INVALID_DATA), 422)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(outcome.as_json(), status_code=status, headers=headers)
 
 
 def procedure_view(procedure: Procedure) -> dict[str, Any]:
@@ -80,6 +88,7 @@ def build_app(settings: IntakeSettings | None = None) -> Any:
         producer = make_producer(settings.kafka_bootstrap_servers)
         await producer.start()
         state["producer"] = producer
+        state["keys"] = KeyCache(database.pool)
         state["pipeline"] = IntakePipeline(pool=database.pool, producer=producer, reference=reference, keyring=keyring,
                                            metrics=metrics)
 
@@ -109,27 +118,35 @@ def build_app(settings: IntakeSettings | None = None) -> Any:
                    413: {"description": "too large"}, 422: {"description": "rejected, with the reason"}},
     )
     async def post_events(request: Request) -> Response:
+        principal = await state["keys"].authenticate(request.headers.get("authorization"))
+
+        async def answer(items: list[Item], batch: bool) -> JSONResponse:
+            return _answer(await pipeline().process(items, channel="http", principal=principal), batch)
+
+        if principal is None and settings.require_api_key:
+            return await answer([Item(b"", refusal=EventRefused(
+                RejectionReason.UNAUTHENTICATED, "send a commune system's API key as `Authorization: Bearer <key>`"))],
+                False)
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > settings.max_body_bytes:
-                refusal = EventRefused(RejectionReason.PAYLOAD_TOO_LARGE,
-                                       f"the body may have at most {settings.max_body_bytes} bytes")
-                outcomes = await pipeline().process([Item(bytes(body[:1024]), refusal=refusal)], channel="http")
-                return _answer(outcomes, batch=False)
+                return await answer([Item(bytes(body[:1024]), refusal=EventRefused(
+                    RejectionReason.PAYLOAD_TOO_LARGE, f"the body may have at most {settings.max_body_bytes} bytes"))],
+                    False)
         try:
             value = domain.decode_json(bytes(body))
         except EventRefused as refusal:
-            return _answer(await pipeline().process([Item(bytes(body), refusal=refusal)], channel="http"), False)
+            return await answer([Item(bytes(body), refusal=refusal)], False)
         if content_type == BATCH_TYPE or isinstance(value, list):
             values = value if isinstance(value, list) else [value]
             if not 1 <= len(values) <= domain.MAX_BATCH_EVENTS:
                 return JSONResponse({"status": "rejected", "reason": RejectionReason.INVALID_ENVELOPE.value,
                                      "detail": f"a batch holds 1 to {domain.MAX_BATCH_EVENTS} events"},
                                     status_code=422)
-            return _answer(await pipeline().process([Item.from_value(v) for v in values], channel="http"), True)
-        return _answer(await pipeline().process([Item.from_value(value)], channel="http"), batch=False)
+            return await answer([Item.from_value(v) for v in values], True)
+        return await answer([Item.from_value(value)], False)
 
     @app.get("/v1/units", summary="The unit registry: every unit events may name")
     async def units() -> dict[str, Any]:

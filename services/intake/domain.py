@@ -59,6 +59,25 @@ def screen_bytes(raw: bytes, catalog: Catalog) -> IncomingEvent:
     return screen(decode_json(check_size(raw)), catalog)
 
 
+def authorize(event: IncomingEvent, source: str, units: frozenset[str], dossier_unit: str | None) -> None:
+    """A key speaks only as its own source and only for dossiers of its units; a liên thông unit may also
+    report the steps it handles on another unit's dossier."""
+    if event.source != source:
+        raise EventRefused(RejectionReason.FORGED_SOURCE,
+                           f"this key speaks for source {source!r}, not {event.source[:100]!r}")
+    data = event.data
+    if isinstance(data, Received):
+        allowed = data.unit_code in units
+    elif isinstance(data, StepStarted | StepCompleted):
+        allowed = data.unit_code in units or dossier_unit in units
+    else:
+        allowed = dossier_unit in units
+    if not allowed:
+        raise EventRefused(RejectionReason.FORBIDDEN_UNIT,
+                           "this key does not speak for the unit of this dossier" if dossier_unit or isinstance(
+                               data, Received) else "no dossier with this code was received from this key's units")
+
+
 def minting_unit(event: IncomingEvent) -> str | None:
     """The unit whose agency id a new dossier code takes, when the commune sent none."""
     if event.dossier_code is None and isinstance(event.data, Received):

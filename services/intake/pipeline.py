@@ -17,17 +17,22 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Counter
 
 from services.intake import domain, store
+from services.intake.keys import Principal
 from shared.catalog import Catalog
 from shared.contract import topics
 from shared.contract.dossier_code import mint_dossier_code
-from shared.contract.events import IncomingEvent
-from shared.contract.rejections import EventRefused, FieldProblem, RejectionRecorded
+from shared.contract.events import IncomingEvent, Received
+from shared.contract.rejections import EventRefused, FieldProblem, RejectionReason, RejectionRecorded
 from shared.crypto import Keyring
 from shared.db import Connection
 from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
+
+
+AUTH_REASONS = frozenset({RejectionReason.UNAUTHENTICATED, RejectionReason.FORGED_SOURCE,
+                          RejectionReason.FORBIDDEN_UNIT})
 
 
 class Status(StrEnum):
@@ -105,7 +110,11 @@ class IntakePipeline:
         self.metrics = metrics
         self.now = now
 
-    async def process(self, items: Sequence[Item], channel: str) -> list[Outcome]:
+    async def process(self, items: Sequence[Item], channel: str, principal: Principal | None = None) -> list[Outcome]:
+        """Screen, authorise (when a key sent them), dedupe and pass on `items`; one outcome per item.
+
+        Events from the ingress topic come without a principal: the broker authenticated their producer.
+        """
         now = self.now()
         outcomes: list[Outcome | None] = [None] * len(items)
         rejections: list[RejectionRecorded] = []
@@ -121,18 +130,20 @@ class IntakePipeline:
                 rejections.append(domain.rejection(refusal, payload=item.payload, envelope=envelope, now=now))
                 outcomes[index] = Outcome(Status.REJECTED, envelope.event_id, envelope.subject, refusal.reason,
                                           refusal.detail, refusal.problems)
-        sends: list[Awaitable[Any]] = [
-            await self.producer.send(topics.REJECTIONS, rejection.model_dump_json().encode(),
-                                     key=(rejection.subject or rejection.source or "").encode() or None)
-            for rejection in rejections
-        ]
-        if candidates:
-            async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn, conn.transaction():
+            if principal is not None and candidates:
+                candidates = await self._authorized(conn, principal, items, candidates, outcomes, rejections, now)
+            sends: list[Awaitable[Any]] = [
+                await self.producer.send(topics.REJECTIONS, rejection.model_dump_json().encode(),
+                                         key=(rejection.subject or rejection.source or "").encode() or None)
+                for rejection in rejections
+            ]
+            await store.audit(conn, [r for r in rejections if r.reason in AUTH_REASONS],
+                              principal.key_id if principal else None)
+            if candidates:
                 sends += await self._pass_on(conn, catalog, candidates, outcomes, now)
-                # Committed only once Kafka has every accepted event: a crash before this line leaves the
-                # events unrecorded, so the sender's retry passes them on again (resolution dedupes).
-                await asyncio.gather(*sends)
-        else:
+            # Committed only once Kafka has every accepted event: a crash before this line leaves the
+            # events unrecorded, so the sender's retry passes them on again (resolution dedupes).
             await asyncio.gather(*sends)
         for outcome in outcomes:
             assert outcome is not None
@@ -140,6 +151,27 @@ class IntakePipeline:
             if outcome.reason:
                 self.metrics.rejections.labels(outcome.reason).inc()
         return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _authorized(self, conn: Connection, principal: Principal, items: Sequence[Item],
+                          candidates: list[tuple[int, IncomingEvent]],
+                          outcomes: list[Outcome | None], rejections: list[RejectionRecorded],
+                          now: datetime) -> list[tuple[int, IncomingEvent]]:
+        units = await store.dossier_units(conn, [e.dossier_code for _, e in candidates if e.dossier_code])
+        allowed = []
+        for index, event in candidates:
+            try:
+                domain.authorize(event, principal.source, principal.units, units.get(event.dossier_code or ""))
+            except EventRefused as refusal:
+                envelope = domain.Envelope(event.id, event.source, event.dossier_code, event.event_type.value)
+                rejections.append(domain.rejection(refusal, payload=items[index].payload, envelope=envelope,
+                                                  now=now))
+                outcomes[index] = Outcome(Status.REJECTED, event.id, event.dossier_code, refusal.reason,
+                                          refusal.detail)
+                continue
+            if isinstance(event.data, Received) and event.dossier_code:
+                units.setdefault(event.dossier_code, event.data.unit_code)  # later events in this batch
+            allowed.append((index, event))
+        return allowed
 
     async def _pass_on(self, conn: Connection, catalog: Catalog, candidates: list[tuple[int, IncomingEvent]],
                        outcomes: list[Outcome | None], now: datetime) -> list[Awaitable[Any]]:
@@ -162,6 +194,8 @@ class IntakePipeline:
             seen[event.key] = code  # a repeat inside the same batch is a duplicate of this one
             fresh.append((index, event, code, minted))
         new_keys = await store.record_accepted(conn, [(e.source, e.id, code) for _, e, code, _ in fresh], now)
+        await store.record_units(conn, [(code, e.data.unit_code) for _, e, code, _ in fresh
+                                        if e.key in new_keys and isinstance(e.data, Received)])
         sends: list[Awaitable[Any]] = []
         for index, event, code, minted in fresh:
             if event.key not in new_keys:

@@ -10,3 +10,5 @@ class IntakeSettings(CommonSettings):
     port: int = 8000
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     consumer_group: str = "intake"
+    # Off only for a closed test network: every HTTP event then passes without a key.
+    require_api_key: bool = True

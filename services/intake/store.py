@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
+from shared.contract.rejections import RejectionRecorded
 from shared.db import Connection
 
 SCHEMA = "intake"
@@ -44,3 +45,22 @@ async def record_accepted(
         [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows], now,
     )
     return {(row["source"], row["event_id"]) for row in inserted}
+
+
+async def dossier_units(conn: Connection, codes: list[str]) -> dict[str, str]:
+    rows = await conn.fetch(f"SELECT dossier_code, unit_code FROM {SCHEMA}.dossier_units "
+                            "WHERE dossier_code = ANY($1::text[])", codes)
+    return {row["dossier_code"]: row["unit_code"] for row in rows}
+
+
+async def record_units(conn: Connection, rows: list[tuple[str, str]]) -> None:
+    if rows:
+        await conn.executemany(f"INSERT INTO {SCHEMA}.dossier_units VALUES ($1, $2) ON CONFLICT DO NOTHING", rows)
+
+
+async def audit(conn: Connection, refusals: list[RejectionRecorded], key_id: str | None) -> None:
+    if refusals:
+        await conn.executemany(
+            f"INSERT INTO {SCHEMA}.auth_audit (at, key_id, source, reason, detail, event_id, subject) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            [(r.rejected_at, key_id, r.source, r.reason.value, r.detail, r.event_id, r.subject) for r in refusals])

@@ -25,8 +25,10 @@ from shared.infra.paths import PROJECT_ROOT
 from shared.infra.postgres import LocalPostgres
 from shared.infra.processes import kill_group, stop_group
 from shared.kafka import ensure_topics
+from shared.simulator import SOURCE as LOCAL_SOURCE
 
 SERVICES = ("intake", "resolution", "metrics", "notify")
+
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Stack:
     bootstrap_servers: str = ""
     database_url: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    api_key: str = ""
 
     @property
     def logs(self) -> Path:
@@ -104,6 +107,7 @@ class Stack:
             await self.kafka.wait_ready()
             self.bootstrap_servers = self.kafka.bootstrap_servers
         await ensure_topics(self.bootstrap_servers, self.partitions)
+        self.api_key = await provision_key(self.database_url, LOCAL_SOURCE)
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as log:
@@ -142,7 +146,8 @@ class Stack:
         await asyncio.gather(*(self.wait_ready(name) for name in SERVICES))
         if self.simulator:
             self.spawn("simulator", "-m", "shared.cli", "simulate", "--rate", str(self.simulator_rate),
-                       "--intake-url", f"http://127.0.0.1:{self.ports.intake}")
+                       "--intake-url", f"http://127.0.0.1:{self.ports.intake}",
+                       env={"TTHC_SIMULATOR_API_KEY": self.api_key})
 
     def stop_process(self, name: str, timeout: float = 20.0) -> None:
         stop_group(self.processes.pop(name, None), timeout)
@@ -172,9 +177,27 @@ class Stack:
             f"  Kafka                    {self.bootstrap_servers}",
             f"  PostgreSQL               {self.database_url}",
             f"  Logs                     {self.logs}/",
+            "  API keys                 .venv/bin/tthc api-keys create --source NAME --units CODE[,CODE...]",
             f"  Simulator                {'on' if self.simulator else 'off (SIMULATOR=off)'}",
             "",
         ])
+
+
+async def provision_key(database_url: str, source: str) -> str:
+    """A key for `source` over every unit of the registry, for the local stack's simulator and tests."""
+    from services.intake import keys
+    from services.intake.app import MIGRATIONS
+    from services.intake.store import SCHEMA
+    from shared.catalog import Catalog
+    from shared.db import create_pool, migrate
+
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        await migrate(pool, SCHEMA, MIGRATIONS)
+        async with pool.acquire() as conn:
+            return await keys.create(conn, source, list(Catalog.load().units))
+    finally:
+        await pool.close()
 
 
 async def run_forever(stack: Stack) -> None:

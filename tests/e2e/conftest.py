@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from shared.infra.stack import Ports, Stack
@@ -25,3 +26,9 @@ async def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Async
         running.stop()
 
 
+
+
+def intake_client(stack: Stack) -> httpx.AsyncClient:
+    """A commune system's client: intake's address and the stack's API key."""
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.ports.intake}", timeout=60,
+                             headers={"authorization": f"Bearer {stack.api_key}"})

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.infra.stack import Stack
+from tests.e2e.conftest import intake_client
 from tests.e2e.test_pipeline import metric_total
 from tests.support import VN, cloudevent, dossier_code, eventually, received_data
 
@@ -32,7 +33,7 @@ def lifecycle_of(codes: list[str]) -> list[dict[str, object]]:
 
 
 async def send(stack: Stack, events: list[dict[str, object]], batch: int = 50) -> None:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.ports.intake}", timeout=60) as client:
+    async with intake_client(stack) as client:
         for start in range(0, len(events), batch):
             reply = await client.post("/v1/events", json=events[start:start + batch],
                                       headers={"content-type": "application/cloudevents-batch+json"})

@@ -11,6 +11,7 @@ import pytest
 from shared.contract.events import EventType
 from shared.infra.stack import Stack
 from tests.conftest import ARTIFACTS
+from tests.e2e.conftest import intake_client
 from tests.support import PROCEDURE, UNIT, cloudevent, dossier_code, eventually, received_data
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +38,7 @@ async def recorded(client: httpx.AsyncClient, code: str, state: str) -> bool:
 async def test_a_citizen_looks_up_a_dossier(stack: Stack) -> None:
     code = dossier_code()
     base = f"http://127.0.0.1:{stack.ports.resolution}"
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.ports.intake}", timeout=30) as intake:
+    async with intake_client(stack) as intake:
         for event in (cloudevent(EventType.RECEIVED, code, received_data()),
                       cloudevent(EventType.STEP_STARTED, code, {"step": "Thẩm định hồ sơ", "unit_code": UNIT.code,
                                                                 "duration": "1 working_days"})):
@@ -70,7 +71,7 @@ async def test_a_citizen_looks_up_a_dossier(stack: Stack) -> None:
 
 async def test_guessing_the_digits_is_rate_limited(stack: Stack) -> None:
     code = dossier_code()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.ports.intake}", timeout=30) as intake:
+    async with intake_client(stack) as intake:
         assert (await intake.post("/v1/events", json=cloudevent(EventType.RECEIVED, code,
                                                                 received_data()))).status_code == 202
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.ports.resolution}", timeout=30) as client:

@@ -16,6 +16,7 @@ from shared.contract import topics
 from shared.contract.events import EventType
 from shared.infra.sinks import read_mail
 from shared.infra.stack import Stack
+from tests.e2e.conftest import intake_client
 from tests.support import cloudevent, dossier_code, eventually, received_data
 
 pytestmark = pytest.mark.e2e
@@ -35,18 +36,17 @@ def mails_to(folder: Path, code: str) -> list[dict[str, Any]]:
 
 
 async def test_dossiers_flow_from_commune_to_citizen(stack: Stack) -> None:
-    intake = f"http://127.0.0.1:{stack.ports.intake}"
     resolution = f"http://127.0.0.1:{stack.ports.resolution}"
     metrics = f"http://127.0.0.1:{stack.ports.metrics}/metrics"
     by_http, by_kafka = dossier_code(), dossier_code()
     malformed = b'{"specversion": "1.0", "id": broken'
 
-    async with httpx.AsyncClient(timeout=30) as client:
-        answer = await client.post(f"{intake}/v1/events", json=cloudevent(EventType.RECEIVED, by_http, received_data()),
+    async with httpx.AsyncClient(timeout=30) as client, intake_client(stack) as commune:
+        answer = await commune.post("/v1/events", json=cloudevent(EventType.RECEIVED, by_http, received_data()),
                                    headers={"content-type": "application/cloudevents+json"})
         assert answer.status_code == 202, answer.text
         assert answer.json() == {"status": "accepted", "id": answer.json()["id"], "dossier_code": by_http}
-        answer = await client.post(f"{intake}/v1/events", json=[cloudevent(EventType.RESOLVED, by_http, {})],
+        answer = await commune.post("/v1/events", json=[cloudevent(EventType.RESOLVED, by_http, {})],
                                    headers={"content-type": "application/cloudevents-batch+json"})
         assert answer.status_code == 202, answer.text
 

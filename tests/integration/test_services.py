@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 
+from services.intake import keys
 from services.intake.app import build_app as build_intake
 from services.intake.settings import IntakeSettings
 from services.resolution.app import build_app as build_resolution
@@ -20,8 +22,9 @@ from services.resolution.settings import ResolutionSettings
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import EventAccepted
+from shared.simulator import SOURCE
 from tests.conftest import Infra
-from tests.support import cloudevent, dossier_code, eventually, received_data
+from tests.support import CATALOG, UNIT, cloudevent, dossier_code, eventually, received_data
 
 pytestmark = pytest.mark.integration
 
@@ -59,10 +62,20 @@ async def in_process(app: FastAPI, name: str) -> AsyncIterator[httpx.AsyncClient
         yield client
 
 
+async def new_key(database_url: str, source: str = SOURCE, units: list[str] | None = None) -> str:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await keys.create(conn, source, units if units is not None else list(CATALOG.units))
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
 async def intake(infra: Infra, database_url: str, data_keys: str) -> AsyncIterator[httpx.AsyncClient]:
+    """Intake in-process, with a client that sends a key for the local source and every unit."""
     settings = IntakeSettings.model_validate(service_env(infra, database_url, data_keys))
     async with in_process(build_intake(settings), "intake") as client:
+        client.headers["authorization"] = f"Bearer {await new_key(database_url)}"
         yield client
 
 
@@ -185,3 +198,73 @@ async def test_intake_lists_units_and_procedures_and_answers_deadlines(intake: h
                              params={"received_at": "2025-02-07T16:00:00+07:00"})).status_code == 404
     naive = await intake.get(f"/v1/procedures/{civil['code']}/deadline", params={"received_at": "2025-02-07T16:00:00"})
     assert naive.status_code == 422
+
+
+async def test_only_a_valid_key_speaks_and_only_for_its_units(
+        intake: httpx.AsyncClient, infra: Infra, database_url: str) -> None:
+    code, other_unit = dossier_code(), next(u for u in CATALOG.units if u != UNIT.code and u != "24")
+    event = cloudevent(EventType.RECEIVED, code, received_data())
+    unauthenticated = await intake.post("/v1/events", json=event, headers={**CE, "authorization": "Bearer nope"})
+    assert (unauthenticated.status_code, unauthenticated.json()["reason"]) == (401, "unauthenticated")
+    assert unauthenticated.headers["www-authenticate"] == "Bearer"
+    forged = await intake.post("/v1/events", json=cloudevent(EventType.RECEIVED, code, received_data(),
+                                                            source="urn:tthc:somebody-else"), headers=CE)
+    assert (forged.status_code, forged.json()["reason"]) == (403, "forged_source")
+
+    # A key for one other unit: it may not open a dossier at UNIT, nor touch one opened there...
+    narrow = {**CE, "authorization": f"Bearer {await new_key(database_url, units=[other_unit])}"}
+    assert (await intake.post("/v1/events", json=event, headers=narrow)).json()["reason"] == "forbidden_unit"
+    assert (await intake.post("/v1/events", json=event, headers=CE)).status_code == 202
+    resolved = cloudevent(EventType.RESOLVED, code, {})
+    refused = await intake.post("/v1/events", json=resolved, headers=narrow)
+    assert (refused.status_code, refused.json()["reason"]) == (403, "forbidden_unit")
+    # ... but as a liên thông unit it may report the step it handles on that dossier.
+    step = cloudevent(EventType.STEP_STARTED, code, {"step": "xác minh", "unit_code": other_unit})
+    assert (await intake.post("/v1/events", json=step, headers=narrow)).status_code == 202
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        audited = [row["reason"] for row in await conn.fetch("SELECT reason FROM intake.auth_audit ORDER BY id")]
+    finally:
+        await conn.close()
+    assert audited == ["unauthenticated", "forged_source", "forbidden_unit", "forbidden_unit"]
+    refusals = await records(infra.bootstrap_servers, topics.REJECTIONS,
+                            lambda r: r.get("subject") == code and r["reason"] == "forbidden_unit", 2)
+    assert {r["stage"] for r in refusals} == {"intake"}
+
+
+async def test_rotated_and_revoked_keys_stop_working(intake: httpx.AsyncClient, database_url: str) -> None:
+    source = "urn:tthc:xa-test:rotation"
+    old = {**CE, "authorization": f"Bearer {await new_key(database_url, source)}"}
+
+    def post(headers: dict[str, str]) -> Any:
+        return intake.post("/v1/events", headers=headers,
+                           json=cloudevent(EventType.RECEIVED, dossier_code(), received_data(), source=source))
+
+    assert (await post(old)).status_code == 202
+    conn = await asyncpg.connect(database_url)
+    try:
+        new = {**CE, "authorization": f"Bearer {await keys.rotate(conn, source)}"}
+        assert (await post(new)).status_code == 202
+
+        async def old_refused() -> bool:
+            return bool((await post(old)).status_code == 401)
+
+        await eventually(old_refused, timeout=15, what="the rotated-out key refused")
+        assert await keys.revoke(conn, source) == 1
+
+        async def new_refused() -> bool:
+            return bool((await post(new)).status_code == 401)
+
+        await eventually(new_refused, timeout=15, what="the revoked key refused")
+    finally:
+        await conn.close()
+
+
+async def test_a_dossier_received_and_resolved_in_one_batch_is_authorised(intake: httpx.AsyncClient) -> None:
+    code = dossier_code()
+    batch = [cloudevent(EventType.RECEIVED, code, received_data()), cloudevent(EventType.RESOLVED, code, {})]
+    answer = await intake.post("/v1/events", json=batch,
+                               headers={"content-type": "application/cloudevents-batch+json"})
+    assert answer.status_code == 202, answer.text
+    assert [item["status"] for item in answer.json()["results"]] == ["accepted", "accepted"]
