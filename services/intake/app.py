@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from fastapi import HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
@@ -68,7 +68,7 @@ def procedure_view(procedure: Procedure) -> dict[str, Any]:
             else None, "online_level": procedure.online_level, "source": procedure.source}
 
 
-def build_app(settings: IntakeSettings | None = None) -> Any:
+def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="intake")

@@ -13,10 +13,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from services.metrics import liveboard
+from services.metrics.liveboard import LIVEBOARD_HTML, VN
 from services.metrics.settings import MetricsSettings
 from services.metrics.tally import RATIO_BUCKETS, CounterKey, open_kind, tally
 from shared.contract import topics
@@ -83,7 +87,7 @@ class StoredCollector(Collector):
         yield from (received, completed, supplements, apologies, ratio, open_gauge)
 
 
-def build_app(settings: MetricsSettings | None = None) -> Any:
+def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     settings = settings or MetricsSettings()
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="metrics")
@@ -133,14 +137,19 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
                 tally(event, part, deltas)
                 kind = open_kind(event)
                 due_soon = event.due_soon_at if kind else None
-                progress[event.dossier_code] = (event.dossier_code, part, event.sequence, event.unit_code,
-                                                event.sector, event.channel, kind, event.legal_due_at, due_soon)
+                completed_on = event.completed_at.astimezone(VN).date() if event.completed_at else None
+                progress[event.dossier_code] = (
+                    event.dossier_code, part, event.sequence, event.unit_code, event.sector, event.channel, kind,
+                    event.legal_due_at, due_soon, event.received_at.astimezone(VN).date(), completed_on,
+                    event.timeliness.value if event.timeliness else None)
             if progress:
                 await conn.executemany(
-                    f"INSERT INTO {SCHEMA}.dossier_progress VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                    f"INSERT INTO {SCHEMA}.dossier_progress VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
                     "ON CONFLICT (code) DO UPDATE SET part = EXCLUDED.part, last_sequence = EXCLUDED.last_sequence, "
                     "unit_code = EXCLUDED.unit_code, sector = EXCLUDED.sector, channel = EXCLUDED.channel, "
-                    "open_kind = EXCLUDED.open_kind, due_at = EXCLUDED.due_at, due_soon_at = EXCLUDED.due_soon_at",
+                    "open_kind = EXCLUDED.open_kind, due_at = EXCLUDED.due_at, due_soon_at = EXCLUDED.due_soon_at, "
+                    "received_on = EXCLUDED.received_on, completed_on = EXCLUDED.completed_on, "
+                    "timeliness = EXCLUDED.timeliness",
                     list(progress.values()),
                 )
             if deltas:
@@ -150,5 +159,13 @@ def build_app(settings: MetricsSettings | None = None) -> Any:
                     "DO UPDATE SET value = counters.value + EXCLUDED.value",
                     [(*key, value) for key, value in deltas.items()],
                 )
+
+    @app.get("/liveboard", response_class=HTMLResponse, include_in_schema=False)
+    async def liveboard_page() -> str:
+        return LIVEBOARD_HTML
+
+    @app.get("/liveboard/data", summary="Today's numbers per unit, for the wall screen")
+    async def liveboard_data() -> dict[str, Any]:
+        return await liveboard.today(database.pool, datetime.now(UTC), reference.current.catalog)
 
     return app

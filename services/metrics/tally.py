@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, DossierState
 
@@ -12,19 +9,6 @@ CounterKey = tuple[str, int, str, str, str, str]
 """(family, partition, unit, sector, channel, label)."""
 
 RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0)
-
-
-@dataclass(frozen=True)
-class Progress:
-    code: str
-    part: int
-    sequence: int
-    unit_code: str
-    sector: str
-    channel: str
-    open_kind: str | None
-    due_at: datetime | None
-    due_soon_at: datetime | None
 
 
 def open_kind(event: DossierLifecycleEvent) -> str | None:

@@ -12,6 +12,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import asyncpg
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter
 
 from services.notify.messages import owed, render
@@ -127,7 +128,7 @@ class Deliverer:
         )
 
 
-def build_app(settings: NotifySettings | None = None) -> Any:
+def build_app(settings: NotifySettings | None = None) -> FastAPI:
     settings = settings or NotifySettings()
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="notify")

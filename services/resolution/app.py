@@ -6,7 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from prometheus_client import CollectorRegistry, Counter
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS = PROJECT_ROOT / "services" / "resolution" / "migrations"
 
 
-def build_app(settings: ResolutionSettings | None = None) -> Any:
+def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
     settings = settings or ResolutionSettings()
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="resolution")

@@ -169,6 +169,8 @@ class Stack:
             "",
             "TTHC one-stop timeliness platform is running. Ctrl-C stops everything it started.",
             f"  Metrics (Prometheus)     http://127.0.0.1:{p.metrics}/metrics   (tthc_dossiers_received_total ...)",
+            f"  Liveboard (wall screen)  http://127.0.0.1:{p.metrics}/liveboard",
+            f"  Dossier look-up page     http://127.0.0.1:{p.resolution}/tra-cuu",
             f"  Intake API docs          http://127.0.0.1:{p.intake}/docs        (POST /v1/events)",
             f"  Resolution API docs      http://127.0.0.1:{p.resolution}/docs    (GET /v1/dossiers/{{code}})",
             f"  Notify API docs          http://127.0.0.1:{p.notify}/docs",

@@ -18,14 +18,14 @@ pytestmark = pytest.mark.e2e
 MISS = "Không tìm thấy hồ sơ phù hợp"
 
 
-def screenshot(url: str, path: Path) -> None:
+def screenshot(url: str, path: Path, extra: list[str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={path.parent / 'chromium-profile'}", "--window-size=1100,900",
-         f"--screenshot={path}", url],
+         f"--screenshot={path}", *(extra or []), url],
         check=True, capture_output=True, timeout=120,
     )
 
