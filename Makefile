@@ -5,7 +5,7 @@ VENV := .venv
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.synced
 
-.PHONY: run test setup browser lint typecheck unit integration e2e bench clean
+.PHONY: run test setup tools lint typecheck unit integration e2e bench clean
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --quiet --disable-pip-version-check "uv==0.13.9"; }
@@ -15,27 +15,36 @@ $(STAMP): pyproject.toml uv.lock
 setup: $(STAMP)
 	@$(VENV)/bin/python -c "from shared.infra.kafka import ensure_kafka_jars; ensure_kafka_jars()"
 
-# Debian's Chromium renders the look-up page in the end-to-end tests (installed as root, as on CI).
-browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Debian's Chromium renders the pages in the end-to-end tests; Debian's Prometheus brings promtool for the
+# alert and recording rules (installed as root, as on CI).
+tools:
+	@command -v chromium >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium prometheus >/dev/null; }
 
 run: setup
 	@$(VENV)/bin/tthc up
 
-test: setup browser
-	@$(VENV)/bin/ruff check .
-	@$(VENV)/bin/mypy shared services tests bench
+test: setup tools lint typecheck
 	@$(VENV)/bin/pytest
 
-unit: setup
+lint: setup
+	@$(VENV)/bin/ruff check .
+
+typecheck: setup
+	@$(VENV)/bin/mypy shared services tests bench
+
+unit: setup tools
 	@$(VENV)/bin/pytest -m unit
 
 integration: setup
 	@$(VENV)/bin/pytest -m integration
 
-e2e: setup browser
+e2e: setup tools
 	@$(VENV)/bin/pytest -m e2e
+
+# Measurements, not tests: results land in bench/results/ (see docs/performance.md).
+bench: setup
+	@$(VENV)/bin/python -m bench.resolution_throughput
 
 clean:
 	rm -rf .run
