@@ -26,11 +26,32 @@ MAX_EVENT_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 1000
 
 
+MAX_JSON_DEPTH = 32
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return True
+
+
 def decode_json(raw: bytes) -> Any:
+    """JSON with at most MAX_JSON_DEPTH levels of nesting (a batch adds one)."""
+    too_deep = EventRefused(RejectionReason.MALFORMED_JSON, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise EventRefused(RejectionReason.MALFORMED_JSON, f"not JSON: {error}") from None
+    except RecursionError:
+        raise too_deep from None
+    if not _depth_within(value, MAX_JSON_DEPTH + 1):
+        raise too_deep
+    return value
 
 
 def check_references(event: IncomingEvent, catalog: Catalog) -> None:

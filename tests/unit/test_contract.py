@@ -208,3 +208,15 @@ def test_sealed_values_are_bound_to_their_dossier_and_survive_rotation() -> None
         rotated.open(sealed, "B-2")
     with pytest.raises(SealError):
         Keyring.parse(new_key_spec("other")).open(sealed, "A-1")
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 40 + b"1" + b"}" * 40])
+def test_deeply_nested_json_is_refused_not_crashed(raw: bytes) -> None:
+    with pytest.raises(EventRefused) as caught:
+        domain.decode_json(raw)
+    assert caught.value.reason is RejectionReason.MALFORMED_JSON
+    assert "nested deeper" in caught.value.detail
+
+
+def test_ordinary_nesting_passes_the_depth_check() -> None:
+    assert domain.decode_json(json.dumps(cloudevent(EventType.RECEIVED, dossier_code(), received_data())).encode())
