@@ -8,7 +8,7 @@ this dossier stand and why".
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -298,7 +298,7 @@ class Dossier(BaseModel):
             moved["appointment_at"] = due
         return moved
 
-    def _cutoff(self, catalog: Catalog) -> Any:
+    def _cutoff(self, catalog: Catalog) -> time | None:
         procedure = catalog.procedures.get(self.procedure_code)
         return procedure.cutoff if procedure else None
 

@@ -14,18 +14,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from shared.catalog import DATA_DIR, Catalog
 from shared.clock.calendar import WorkingCalendar
+from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.clock.policy import Policy
 from shared.dossier import ClockFor, clock_for_units
 
 log = logging.getLogger(__name__)
-VN = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 
 from shared.catalog import Catalog
+from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract.events import EventType, schema_uri
 
-VN = ZoneInfo("Asia/Ho_Chi_Minh")
 SOURCE = "urn:tthc:bac-ninh:mot-cua"
 """The simulated province's one-stop system: the source of every simulated event and of its API key."""
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô"]

@@ -6,7 +6,6 @@ import logging
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
@@ -18,6 +17,7 @@ from services.intake.pipeline import IntakeMetrics, IntakePipeline, Item, Outcom
 from services.intake.settings import IntakeSettings
 from services.intake.store import SCHEMA
 from shared.catalog import Procedure
+from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
 from shared.contract.events import CloudEvent
 from shared.contract.rejections import EventRefused, RejectionReason
@@ -30,7 +30,6 @@ from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
 MIGRATIONS = PROJECT_ROOT / "services" / "intake" / "migrations"
-VN = ZoneInfo("Asia/Ho_Chi_Minh")
 BATCH_TYPE = "application/cloudevents-batch+json"
 
 DESCRIPTION = """Commune systems send dossier lifecycle events here as CloudEvents 1.0 (JSON structured mode):

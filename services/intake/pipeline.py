@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -19,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 from services.intake import domain, store
 from services.intake.keys import Principal
 from shared.catalog import Catalog
+from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
 from shared.contract.dossier_code import mint_dossier_code
 from shared.contract.events import IncomingEvent, Received
@@ -28,7 +28,6 @@ from shared.db import Connection
 from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
-VN = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
 AUTH_REASONS = frozenset({RejectionReason.UNAUTHENTICATED, RejectionReason.FORGED_SOURCE,

@@ -20,9 +20,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from services.metrics import liveboard
-from services.metrics.liveboard import LIVEBOARD_HTML, VN
+from services.metrics.liveboard import LIVEBOARD_HTML
 from services.metrics.settings import MetricsSettings
 from services.metrics.tally import RATIO_BUCKETS, CounterKey, open_kind, tally
+from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
 from shared.contract.lifecycle import DossierLifecycleEvent
 from shared.db import ServiceDatabase

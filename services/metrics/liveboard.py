@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from shared.catalog import Catalog
+from shared.clock.deadline import LOCAL_ZONE as VN
 
-VN = ZoneInfo("Asia/Ho_Chi_Minh")
 LIVEBOARD_HTML = (Path(__file__).resolve().parent / "templates" / "liveboard.html").read_text(encoding="utf-8")
 COLUMNS = ("received", "early", "on_time", "late", "overdue", "due_soon")
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from shared.clock.deadline import vi_instant
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, Timeliness
 
@@ -54,9 +56,5 @@ def render(template: str, channel: str, context: dict[str, Any]) -> tuple[str, s
     return subject.strip(), body.strip() + "\n"
 
 
-def _local(value: Any) -> str:
-    if value is None:
-        return ""
-    from zoneinfo import ZoneInfo
-
-    return str(value.astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).strftime("%H:%M ngày %d/%m/%Y"))
+def _local(value: datetime | None) -> str:
+    return vi_instant(value) if value is not None else ""

@@ -9,18 +9,18 @@ import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from shared.catalog import Catalog
+from shared.clock.deadline import vi_instant
 from shared.contract.lifecycle import DossierState
 from shared.crypto import Keyring, SealError
 from shared.dossier import Dossier
 
-VN = ZoneInfo("Asia/Ho_Chi_Minh")
 _env = Environment(loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
                    autoescape=select_autoescape(["html", "j2"]))
 
@@ -78,8 +78,8 @@ def id_matches(dossier: Dossier, last_digits: str, keyring: Keyring) -> bool:
     return hmac.compare_digest(str(applicant.get("id_number", ""))[-4:].encode(), last_digits.encode())
 
 
-def _local(value: Any) -> str:
-    return value.astimezone(VN).strftime("%H:%M ngày %d/%m/%Y") if value is not None else "—"
+def _local(value: datetime | None) -> str:
+    return vi_instant(value) if value is not None else "—"
 
 
 def view(dossier: Dossier, catalog: Catalog) -> dict[str, Any]:

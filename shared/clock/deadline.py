@@ -81,6 +81,11 @@ class Deadline:
 # ---- local time helpers ------------------------------------------------------------------------------------
 
 
+def vi_instant(value: datetime) -> str:
+    """An instant as citizens read it: `17:00 ngày 01/12/2026`, Vietnam time."""
+    return to_local(value).strftime("%H:%M ngày %d/%m/%Y")
+
+
 def to_local(value: datetime) -> datetime:
     """The same instant in Asia/Ho_Chi_Minh; a naive datetime is refused because its zone would be a guess."""
     if value.tzinfo is None or value.utcoffset() is None:

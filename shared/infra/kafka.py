@@ -45,11 +45,13 @@ def ensure_kafka_jars() -> Path:
     if libs.exists():
         shutil.rmtree(libs)
     libs.mkdir(parents=True)
-    subprocess.run(
+    fetched = subprocess.run(
         ["mvn", "-B", "-q", "-Dstyle.color=never", "-f", str(POM), DEPENDENCY_PLUGIN, "-DincludeScope=runtime",
          f"-DoutputDirectory={libs}"],
-        check=True,
+        capture_output=True, text=True, check=False,
     )
+    if fetched.returncode:
+        raise KafkaStartError(f"Maven could not fetch the Kafka jars:\n{fetched.stdout[-3000:]}{fetched.stderr[-3000:]}")
     marker.write_text(digest)
     return libs
 
