@@ -51,7 +51,8 @@ def ensure_kafka_jars() -> Path:
         capture_output=True, text=True, check=False,
     )
     if fetched.returncode:
-        raise KafkaStartError(f"Maven could not fetch the Kafka jars:\n{fetched.stdout[-3000:]}{fetched.stderr[-3000:]}")
+        output = (fetched.stdout + fetched.stderr)[-4000:]
+        raise KafkaStartError(f"Maven could not fetch the Kafka jars:\n{output}")
     marker.write_text(digest)
     return libs
 
