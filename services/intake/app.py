@@ -7,11 +7,12 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
-from services.intake import domain
+from services.intake import domain, store
 from services.intake.keys import KeyCache
 from services.intake.pipeline import IntakeMetrics, IntakePipeline, Item, Outcome, Status
 from services.intake.settings import IntakeSettings
@@ -88,10 +89,15 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
         await producer.start()
         state["producer"] = producer
         state["keys"] = KeyCache(database.pool)
+        token = settings.internal_token.get_secret_value() if settings.internal_token else ""
+        state["resolution"] = httpx.AsyncClient(base_url=settings.resolution_url, timeout=10,
+                                                headers={"x-internal-token": token} if token else {})
         state["pipeline"] = IntakePipeline(pool=database.pool, producer=producer, reference=reference, keyring=keyring,
                                            metrics=metrics)
 
     async def on_stop() -> None:
+        if "resolution" in state:
+            await state["resolution"].aclose()
         if "producer" in state:
             await state["producer"].stop()
 
@@ -146,6 +152,21 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
                                     status_code=422)
             return await answer([Item.from_value(v) for v in values], True)
         return await answer([Item.from_value(value)], False)
+
+    @app.get("/v1/dossiers/{code}", summary="A dossier's state, dates and timeline, for the commune system that "
+             "owns it", responses={401: {"description": "no valid key"}, 404: {"description": "no such dossier "
+                                                                                        "among the key's units"}})
+    async def get_dossier(code: str, request: Request) -> Response:
+        principal = await state["keys"].authenticate(request.headers.get("authorization"))
+        if principal is None:
+            return JSONResponse({"reason": "unauthenticated"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        async with database.pool.acquire() as conn:
+            unit = (await store.dossier_units(conn, [code])).get(code)
+        # Another unit's dossier answers exactly like a missing one: a key cannot probe which codes exist.
+        if unit is None or unit not in principal.units:
+            return JSONResponse({"detail": f"no dossier {code}"}, status_code=404)
+        reply = await state["resolution"].get(f"/v1/dossiers/{code}")
+        return Response(reply.content, status_code=reply.status_code, media_type="application/json")
 
     @app.get("/v1/units", summary="The unit registry: every unit events may name")
     async def units() -> dict[str, Any]:

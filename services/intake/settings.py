@@ -12,3 +12,5 @@ class IntakeSettings(CommonSettings):
     consumer_group: str = "intake"
     # Off only for a closed test network: every HTTP event then passes without a key.
     require_api_key: bool = True
+    # Where resolution answers for dossiers; intake checks the key, then asks it.
+    resolution_url: str = "http://127.0.0.1:8001"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -85,7 +86,12 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
         judged.labels("duplicate").inc(len(events) - len(fresh))
 
     @app.get("/v1/dossiers/{code}", summary="A dossier's state, dates and timeline")
-    async def get_dossier(code: str) -> dict[str, Any]:
+    async def get_dossier(code: str, request: Request) -> dict[str, Any]:
+        # Commune systems read through intake, which checks their key; this endpoint answers intake.
+        if settings.internal_token is not None and not hmac.compare_digest(
+                request.headers.get("x-internal-token", "").encode(),
+                settings.internal_token.get_secret_value().encode()):
+            raise HTTPException(403, "internal endpoint: read dossiers through intake with an API key")
         found = await store.dossier(database.pool, code)
         if found is None:
             raise HTTPException(404, f"no dossier {code}")

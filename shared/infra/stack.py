@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -76,14 +77,23 @@ class Stack:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def internal_token(self) -> str:
+        path = self.run_dir / "internal-token"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "DATABASE_URL": self.database_url,
             "TTHC_DATA_KEYS": self.data_keys(),
+            "TTHC_INTERNAL_TOKEN": self.internal_token(),
             "TTHC_TOPIC_PARTITIONS": str(self.partitions),
             "INTAKE_PORT": str(self.ports.intake),
+            "INTAKE_RESOLUTION_URL": f"http://127.0.0.1:{self.ports.resolution}",
             "RESOLUTION_PORT": str(self.ports.resolution),
             "METRICS_PORT": str(self.ports.metrics),
             "NOTIFY_PORT": str(self.ports.notify),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 
@@ -28,7 +29,17 @@ async def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Async
 
 
 
-def intake_client(stack: Stack) -> httpx.AsyncClient:
-    """A commune system's client: intake's address and the stack's API key."""
+def intake_client(stack: Stack, key: str | None = None) -> httpx.AsyncClient:
+    """A commune system's client: intake's address and an API key (the stack's own, for every unit)."""
     return httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.ports.intake}", timeout=60,
-                             headers={"authorization": f"Bearer {stack.api_key}"})
+                             headers={"authorization": f"Bearer {key or stack.api_key}"})
+
+
+async def stack_key(stack: Stack, units: list[str], source: str = "urn:tthc:test:other") -> str:
+    from services.intake import keys
+
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return await keys.create(conn, source, units)
+    finally:
+        await conn.close()

@@ -45,7 +45,8 @@ async def test_a_citizen_looks_up_a_dossier(stack: Stack) -> None:
             assert (await intake.post("/v1/events", json=event)).status_code == 202
 
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        await eventually(lambda: recorded(client, code, "processing"), what="the step recorded")
+        async with intake_client(stack) as intake:
+            await eventually(lambda: recorded(intake, code, "processing"), what="the step recorded")
         # Waiting happens on the operators' API: the look-up page's per-client limit must not be spent on it.
         found = (await client.get("/tra-cuu", params={"ma_ho_so": code, "so_dinh_danh": "4567"})).text
         assert "Thẩm định hồ sơ" in found
@@ -75,7 +76,8 @@ async def test_guessing_the_digits_is_rate_limited(stack: Stack) -> None:
         assert (await intake.post("/v1/events", json=cloudevent(EventType.RECEIVED, code,
                                                                 received_data()))).status_code == 202
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.ports.resolution}", timeout=30) as client:
-        await eventually(lambda: recorded(client, code, "received"), what="the dossier recorded")
+        async with intake_client(stack) as intake:
+            await eventually(lambda: recorded(intake, code, "received"), what="the dossier recorded")
         for guess in range(10):
             reply = await client.get("/tra-cuu", params={"ma_ho_so": code, "so_dinh_danh": f"{guess:04d}"})
             assert MISS in reply.text

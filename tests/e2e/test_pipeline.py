@@ -16,7 +16,7 @@ from shared.contract import topics
 from shared.contract.events import EventType
 from shared.infra.sinks import read_mail
 from shared.infra.stack import Stack
-from tests.e2e.conftest import intake_client
+from tests.e2e.conftest import intake_client, stack_key
 from tests.support import cloudevent, dossier_code, eventually, received_data
 
 pytestmark = pytest.mark.e2e
@@ -65,7 +65,7 @@ async def test_dossiers_flow_from_commune_to_citizen(stack: Stack) -> None:
             await producer.stop()
 
         async def resolved(code: str) -> dict[str, Any] | None:
-            reply = await client.get(f"{resolution}/v1/dossiers/{code}")
+            reply = await commune.get(f"/v1/dossiers/{code}")
             return reply.json() if reply.status_code == 200 and reply.json()["state"] == "resolved" else None
 
         for code in (by_http, by_kafka):
@@ -74,6 +74,12 @@ async def test_dossiers_flow_from_commune_to_citizen(stack: Stack) -> None:
             assert [entry["event_type"] for entry in dossier["timeline"]] == ["received", "resolved"]
             assert dossier["legal_due_at"] > dossier["received_at"]
             assert "applicant_sealed" not in dossier
+        # Resolution answers only intake; a key for other units learns nothing about these dossiers.
+        assert (await client.get(f"{resolution}/v1/dossiers/{by_http}")).status_code == 403
+        async with intake_client(stack, await stack_key(stack, units=["99999"])) as stranger:
+            assert (await stranger.get(f"/v1/dossiers/{by_http}")).status_code == 404
+        assert (await commune.get(f"/v1/dossiers/{by_http}",
+                                  headers={"authorization": "Bearer tthc_x_y"})).status_code == 401
 
         async def counted() -> str | None:
             text = (await client.get(metrics)).text
