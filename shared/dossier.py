@@ -140,6 +140,7 @@ class Dossier(BaseModel):
             timeliness=self.timeliness, completed_at=self.completed_at, time_used_ratio=self.time_used_ratio,
             supplement_count=self.supplement_count, apology_issued=self.apology_issued,
             apology_late=self.apology_late, step=step, reason=self.reason,
+            details={} if accepted.event_type is EventType.RECEIVED else accepted.data,
             calendar_version=self.calendar_version, policy_version=self.policy_version,
             applicant_sealed=accepted.applicant_sealed if accepted.event_type is EventType.RECEIVED else None,
             notify_via=self.notify_via,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,18 +21,13 @@ import httpx
 from shared.catalog import Catalog
 from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract.events import EventType, schema_uri
+from shared.text import without_diacritics
 
 SOURCE = "urn:tthc:bac-ninh:mot-cua"
 """The simulated province's one-stop system: the source of every simulated event and of its API key."""
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô"]
 MIDDLE = ["Văn", "Thị", "Đức", "Minh", "Thu", "Ngọc", "Quang", "Hữu"]
 GIVEN = ["An", "Bình", "Chi", "Dũng", "Hà", "Hùng", "Lan", "Mai", "Nam", "Phương", "Quân", "Thảo", "Tuấn", "Yến"]
-
-
-def _ascii(text: str) -> str:
-    """Vietnamese without diacritics, for an email address."""
-    stripped = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
-    return stripped.replace("đ", "d").replace("Đ", "D")
 
 
 @dataclass
@@ -60,7 +54,7 @@ class Simulator:
     def _applicant(self) -> dict[str, Any]:
         family, middle, given = (self.rng.choice(FAMILY), self.rng.choice(MIDDLE), self.rng.choice(GIVEN))
         handle = f"{given}.{family}{self.rng.randrange(1000)}".lower()
-        handle = _ascii(handle)
+        handle = without_diacritics(handle)
         via = ["email"] + (["sms"] if self.rng.random() < 0.5 else [])
         return {"full_name": f"{family} {middle} {given}", "id_number": f"0{self.rng.randrange(10**11):011d}",
                 "phone": f"09{self.rng.randrange(10**8):08d}", "email": f"{handle}@example.vn", "notify_via": via}

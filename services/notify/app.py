@@ -12,6 +12,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import asyncpg
+import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter
 
@@ -32,6 +33,10 @@ SCHEMA = "notify"
 MIGRATIONS = PROJECT_ROOT / "services" / "notify" / "migrations"
 
 
+class PermanentFailure(Exception):
+    """A provider refused the message for good (bad number, unknown template): retrying will not help."""
+
+
 def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(2 ** attempts, 600))
 
@@ -47,6 +52,7 @@ class Deliverer:
         self.keyring = keyring
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.http = httpx.AsyncClient(timeout=10)
         self.outcomes = Counter("tthc_notifications_total", "Notification attempts by channel and outcome",
                                 ["channel", "outcome"], registry=registry)
 
@@ -58,6 +64,7 @@ class Deliverer:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        await self.http.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -88,16 +95,20 @@ class Deliverer:
 
     async def _send_one(self, row: asyncpg.Record) -> None:
         key = (row["dossier_code"], row["event_id"], row["channel"])
+        channel = row["channel"]
         try:
             applicant = json.loads(self.keyring.open(row["sealed"], row["dossier_code"]))
             context = {**json.loads(row["context"]), "full_name": applicant["full_name"]}
-            subject, body = render(row["template"], row["channel"], context)
-            await asyncio.to_thread(self._smtp_send, applicant["email"], subject, body, key)
-        except (SealError, KeyError) as error:
-            await self._finish(key, "permanent-failure", f"{type(error).__name__}: cannot address the message")
-            self.outcomes.labels(row["channel"], "permanent-failure").inc()
+            subject, body = render(row["template"], channel, context, ascii_sms=self.settings.sms_ascii)
+            if channel == "email":
+                await asyncio.to_thread(self._smtp_send, applicant["email"], subject, body, key)
+            else:
+                await self._gateway_send(channel, applicant["phone"], body, key, row["template"])
+        except (SealError, KeyError, PermanentFailure) as error:
+            await self._finish(key, "permanent-failure", f"{type(error).__name__}: cannot deliver the message")
+            self.outcomes.labels(channel, "permanent-failure").inc()
             return
-        except (OSError, smtplib.SMTPException) as error:
+        except (OSError, smtplib.SMTPException, httpx.HTTPError) as error:
             failed = row["attempts"] >= self.settings.max_attempts
             status = "permanent-failure" if failed else "temporary-failure"
             await self._finish(key, status, type(error).__name__, retry_in=backoff(row["attempts"]))
@@ -105,6 +116,17 @@ class Deliverer:
             return
         await self._finish(key, "delivered", None)
         self.outcomes.labels(row["channel"], "delivered").inc()
+
+    async def _gateway_send(self, channel: str, phone: str, text: str, key: tuple[str, str, str],
+                            template: str) -> None:
+        """SMS and Zalo ZNS go through HTTP gateways; the idempotency key lets a gateway drop a repeat."""
+        url = self.settings.sms_url if channel == "sms" else self.settings.zalo_url
+        payload = {"phone": phone, "text": text, "idempotency_key": ":".join(key), "template": template}
+        reply = await self.http.post(url, json=payload)
+        if reply.status_code == 429 or reply.status_code >= 500:
+            reply.raise_for_status()  # temporary: retried with backoff
+        if reply.status_code >= 400:
+            raise PermanentFailure(f"{channel} gateway refused the message: {reply.status_code}")
 
     def _smtp_send(self, to: str, subject: str, body: str, key: tuple[str, str, str]) -> None:
         message = EmailMessage()
@@ -169,7 +191,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
                     )
                 procedure = reference.current.catalog.procedures.get(event.procedure_code)
                 for item in owed(event, event.notify_via, procedure.name_vi if procedure else event.procedure_code,
-                                 settings.lookup_base_url):
+                                 settings.lookup_base_url, settings.survey_base_url):
                     await conn.execute(
                         f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, "
                         "next_attempt_at, context, created_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6::jsonb, $5) "

@@ -12,6 +12,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from shared.clock.deadline import vi_instant
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, Timeliness
+from shared.text import without_diacritics
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Plain-text email and SMS bodies: HTML escaping would corrupt them, and nothing here is rendered as HTML.
@@ -20,10 +21,15 @@ _env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined
 
 TEMPLATE_FOR: dict[EventType, str] = {
     EventType.RECEIVED: "received",
+    EventType.SUPPLEMENT_REQUESTED: "supplement_requested",
+    EventType.FEE_REQUESTED: "fee_requested",
+    EventType.APOLOGY_ISSUED: "apology_issued",
     EventType.RESOLVED: "resolved",
     EventType.REJECTED: "rejected",
+    EventType.RESULT_RETURNED: "result_returned",
 }
-CHANNELS_BUILT = ("email",)
+CHANNELS = ("email", "sms", "zalo")
+TEMPLATE_VERSION = "2026.11.1"
 
 
 @dataclass(frozen=True)
@@ -33,27 +39,39 @@ class Owed:
     context: dict[str, Any]
 
 
-def owed(event: DossierLifecycleEvent, notify_via: list[str], procedure_name: str, lookup_url: str) -> list[Owed]:
+def owed(event: DossierLifecycleEvent, notify_via: list[str], procedure_name: str, lookup_url: str,
+         survey_url: str) -> list[Owed]:
+    """The messages `event` owes the citizen, one per channel they chose."""
     template = TEMPLATE_FOR.get(event.event_type)
     if template is None:
         return []
+    amount = event.details.get("amount_vnd")
     context = {
         "dossier_code": event.dossier_code,
         "procedure_name": procedure_name,
         "received_at": _local(event.received_at),
         "appointment_at": _local(event.appointment_at),
+        "original_appointment_at": _local(event.legal_due_at),
         "early": event.timeliness is Timeliness.EARLY,
         "reason": event.reason or "",
+        "details": event.details,
+        "amount": f"{amount:,}".replace(",", ".") if isinstance(amount, int) else "",
         "lookup_url": f"{lookup_url}?ma_ho_so={event.dossier_code}",
+        "survey_url": f"{survey_url}?ma_ho_so={event.dossier_code}",
+        "template_version": TEMPLATE_VERSION,
     }
-    return [Owed(template, channel, context) for channel in notify_via if channel in CHANNELS_BUILT]
+    return [Owed(template, channel, context) for channel in dict.fromkeys(notify_via) if channel in CHANNELS]
 
 
-def render(template: str, channel: str, context: dict[str, Any]) -> tuple[str, str]:
-    """(subject, body) of a message; the template file has the subject, then `---`, then the body."""
-    text = _env.get_template(f"{template}.{channel}.j2").render(**context)
-    subject, _, body = text.partition("\n---\n")
-    return subject.strip(), body.strip() + "\n"
+def render(template: str, channel: str, context: dict[str, Any], *, ascii_sms: bool = False) -> tuple[str, str]:
+    """(subject, body). Email templates hold the subject, `---`, then the body; SMS and Zalo share a short one,
+    without diacritics for SMS gateways that need it."""
+    if channel == "email":
+        text = _env.get_template(f"{template}.email.j2").render(**context)
+        subject, _, body = text.partition("\n---\n")
+        return subject.strip(), body.strip() + "\n"
+    body = " ".join(_env.get_template(f"{template}.short.j2").render(**context).split())
+    return "", without_diacritics(body) if channel == "sms" and ascii_sms else body
 
 
 def _local(value: datetime | None) -> str:

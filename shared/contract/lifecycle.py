@@ -122,6 +122,8 @@ class DossierLifecycleEvent(BaseModel):
     apology_late: bool = False
     step: StepView | None = None
     reason: str | None = None
+    details: dict[str, Any] = {}
+    """The event's own data (what is missing, the fee, the new appointment...); never personal data."""
     calendar_version: str
     policy_version: str
     applicant_sealed: str | None = None

@@ -98,6 +98,9 @@ class Stack:
             "METRICS_PORT": str(self.ports.metrics),
             "NOTIFY_PORT": str(self.ports.notify),
             "NOTIFY_SMTP_PORT": str(self.ports.smtp),
+            "NOTIFY_SMS_URL": f"http://127.0.0.1:{self.ports.sinks_http}/sms",
+            "NOTIFY_ZALO_URL": f"http://127.0.0.1:{self.ports.sinks_http}/zalo",
+            "NOTIFY_SURVEY_BASE_URL": f"http://127.0.0.1:{self.ports.notify}/khao-sat",
             "NOTIFY_LOOKUP_BASE_URL": f"http://127.0.0.1:{self.ports.resolution}/tra-cuu",
             "PYTHONUNBUFFERED": "1",
         }

@@ -1,0 +1,59 @@
+"""Notify's templates: every trigger renders on every channel, in Vietnamese with its diacritics intact."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import UTC, datetime
+
+import pytest
+
+from services.notify.messages import CHANNELS, TEMPLATE_FOR, owed, render
+from shared.contract.events import EventType
+from shared.contract.lifecycle import DossierLifecycleEvent, DossierState, Timeliness
+
+pytestmark = pytest.mark.unit
+AT = datetime(2026, 2, 10, 2, 0, tzinfo=UTC)
+DETAILS = {
+    EventType.SUPPLEMENT_REQUESTED: {"reason": "Thiếu giấy tờ", "items": ["Bản sao căn cước công dân"]},
+    EventType.FEE_REQUESTED: {"amount_vnd": 1250000},
+    EventType.APOLOGY_ISSUED: {"reason": "Chờ ý kiến cơ quan liên quan", "new_appointment_at": "2026-02-27"},
+}
+
+
+def event(kind: EventType) -> DossierLifecycleEvent:
+    return DossierLifecycleEvent(
+        id="x:1", dossier_code="000.00.24.07420-260210-0001", sequence=1, event_type=kind, occurred_at=AT,
+        recorded_at=AT, source="urn:test", source_event_id="e1", procedure_code="1.001193", unit_code="07420",
+        sector="ho_tich", channel="online", state=DossierState.RESOLVED, status_code=9, received_at=AT,
+        legal_due_at=AT, appointment_at=AT, timeliness=Timeliness.EARLY, reason="Không đủ điều kiện",
+        details=DETAILS.get(kind, {}), calendar_version="c", policy_version="p")
+
+
+@pytest.mark.parametrize("kind", list(TEMPLATE_FOR))
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_every_trigger_renders_on_every_channel(kind: EventType, channel: str) -> None:
+    [message] = owed(event(kind), [channel], "Thủ tục đăng ký khai sinh", "https://x/tra-cuu", "https://x/khao-sat")
+    subject, body = render(message.template, channel, {**message.context, "full_name": "Nguyễn Thị Ánh Tuyết"})
+    assert "000.00.24.07420-260210-0001" in subject + body
+    text = subject + body
+    assert unicodedata.is_normalized("NFC", text)
+    assert any(ord(c) > 127 for c in text)  # Vietnamese, not a stripped fallback
+    if channel == "email":
+        assert subject
+        assert "Nguyễn Thị Ánh Tuyết" in body
+    else:
+        assert len(body) <= 320  # two SMS segments at most
+        assert "\n" not in body
+
+
+def test_sms_without_diacritics_where_the_gateway_needs_it() -> None:
+    [message] = owed(event(EventType.FEE_REQUESTED), ["sms"], "Đăng ký khai sinh", "u", "s")
+    _, body = render(message.template, "sms", {**message.context, "full_name": "x"}, ascii_sms=True)
+    assert body.isascii()
+    assert body.startswith("Ho so 000.00.24.07420-260210-0001: vui long nop phi, le phi 1.250.000 dong")
+
+
+def test_only_the_chosen_channels_and_only_triggers_owe_messages() -> None:
+    assert [m.channel for m in owed(event(EventType.RESOLVED), ["sms", "email", "sms"], "p", "u", "s")] == [
+        "sms", "email"]
+    assert owed(event(EventType.STEP_STARTED), ["email"], "p", "u", "s") == []
