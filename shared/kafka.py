@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
@@ -46,20 +46,21 @@ async def _raw_records(message: StreamMessage[Any]) -> Records:
 
 
 def batch_subscriber(broker: KafkaBroker, topic: str, *, group_id: str, max_records: int,
-                     consumers: int = 1) -> Callable[[BatchHandler], BatchHandler]:
+                     consumers: int = 1, listener: ConsumerRebalanceListener | None = None,
+                     ) -> Callable[[BatchHandler], BatchHandler]:
     """A consumer-group subscriber handed each batch as the raw records, committed only after the handler
     returns (a failure seeks back and redelivers). Bodies stay bytes: handlers parse them with the contract's
     models, so a malformed record reaches the handler to be refused instead of failing a generic decoder, and
     no time goes to decoding twice.
 
     Several `consumers` in one process split the partitions between them, so one batch's database round
-    trips overlap another batch's processing."""
+    trips overlap another batch's processing. A `listener` hears of partitions assigned and revoked."""
 
     def register(handler: BatchHandler) -> BatchHandler:
         for _ in range(consumers):
             broker.subscriber(topic, group_id=group_id, batch=True, max_records=max_records,
                               auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR,
-                              decoder=_raw_records)(handler)
+                              decoder=_raw_records, listener=listener)(handler)
         return handler
 
     return register

@@ -1,31 +1,38 @@
 """Metrics: live timeliness counters from the canonical lifecycle topic, exported for Prometheus.
 
-Counter values live in metrics' schema and change in the same transaction that records each dossier's
-progress, so a redelivered event changes nothing and a restart resumes from the stored values. The exported
-families are read from that state at scrape time (a custom collector), never from process memory.
+Counter values and each dossier's progress live in metrics' schema and change in the transaction that counts
+each batch, so a redelivered event changes nothing and a restart resumes from the stored values. Memory holds
+a copy for the partitions this instance owns: loaded when Kafka assigns them (fenced by an epoch in the
+database), updated after each commit, and timers flip open dossiers to due soon and overdue at their instant.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
+from pydantic import ValidationError
 
-from services.metrics import liveboard
+from services.metrics import liveboard, store
+from services.metrics.lag import consumer_lag
 from services.metrics.liveboard import LIVEBOARD_HTML
+from services.metrics.series import ExportedState, Totals
 from services.metrics.settings import MetricsSettings
-from services.metrics.tally import RATIO_BUCKETS, CounterKey, open_kind, tally
-from shared.clock.deadline import LOCAL_ZONE as VN
+from services.metrics.store import SCHEMA, OwnershipMoved, PartitionState
+from services.metrics.tracker import OpenDossiers
 from shared.contract import topics
 from shared.contract.lifecycle import DossierLifecycleEvent
+from shared.contract.rejections import RejectionRecorded
 from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
@@ -33,59 +40,34 @@ from shared.kafka import Records, batch_subscriber, make_broker
 from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
-SCHEMA = "metrics"
 MIGRATIONS = PROJECT_ROOT / "services" / "metrics" / "migrations"
-LABELS = ["unit", "sector", "channel"]
 
 
-class Snapshot:
-    """The latest values read from the database, which the collector exports."""
+class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The partitions of one topic this instance counts, with the epoch it took each at."""
 
-    def __init__(self) -> None:
-        self.counters: dict[CounterKey, float] = {}
-        self.open: dict[tuple[str, str, str, str], int] = {}
+    def __init__(self, topic: str, take: Callable[[str, list[int]], Any], drop: Callable[[str, set[int]], None]):
+        self.topic = topic
+        self.epochs: dict[int, int] = {}
+        self._take = take
+        self._drop = drop
 
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        parts = {tp.partition for tp in revoked if tp.topic == self.topic}
+        for part in parts:
+            self.epochs.pop(part, None)  # first, so that a batch committing now leaves memory alone
+        self._drop(self.topic, parts)
 
-class StoredCollector(Collector):
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        parts = sorted(tp.partition for tp in assigned if tp.topic == self.topic)
+        if parts:
+            self.epochs.update(await self._take(self.topic, parts))
 
-    def collect(self) -> Iterator[Any]:
-        totals: dict[tuple[str, str, str, str, str], float] = defaultdict(float)
-        for (family, _part, unit, sector, channel, label), value in self.snapshot.counters.items():
-            totals[(family, unit, sector, channel, label)] += value
-        received = CounterMetricFamily("tthc_dossiers_received", "Dossiers received", labels=LABELS)
-        completed = CounterMetricFamily("tthc_dossiers_completed", "Dossiers completed, by timeliness",
-                                        labels=[*LABELS, "timeliness"])
-        supplements = CounterMetricFamily("tthc_supplement_requests", "Supplement requests", labels=LABELS)
-        apologies = CounterMetricFamily("tthc_apologies", "Apologies issued, late when less than a working day "
-                                        "before the due instant", labels=[*LABELS, "timing"])
-        buckets: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
-        sums: dict[tuple[str, str, str], float] = defaultdict(float)
-        for (family, unit, sector, channel, label), value in sorted(totals.items()):
-            where = [unit, sector, channel]
-            if family == "received":
-                received.add_metric(where, value)
-            elif family == "completed":
-                completed.add_metric([*where, label], value)
-            elif family == "supplements":
-                supplements.add_metric(where, value)
-            elif family == "apologies":
-                apologies.add_metric([*where, label], value)
-            elif family == "time_used_bucket":
-                buckets[(unit, sector, channel)][label] = value
-            elif family == "time_used_sum":
-                sums[(unit, sector, channel)] = value
-        ratio = HistogramMetricFamily("tthc_working_time_used_ratio",
-                                      "Working time used relative to the legal time, at completion", labels=LABELS)
-        for group, by_bound in sorted(buckets.items()):
-            ordered = [(str(bound), by_bound.get(str(bound), 0.0)) for bound in RATIO_BUCKETS]
-            ordered.append(("+Inf", by_bound.get("+Inf", 0.0)))
-            ratio.add_metric(list(group), ordered, sums[group])
-        open_gauge = GaugeMetricFamily("tthc_dossiers_open", "Open dossiers by state", labels=[*LABELS, "state"])
-        for (unit, sector, channel, state), count in sorted(self.snapshot.open.items()):
-            open_gauge.add_metric([unit, sector, channel, state], count)
-        yield from (received, completed, supplements, apologies, ratio, open_gauge)
+    def expected(self, parts: set[int]) -> dict[int, int | None]:
+        return {part: self.epochs.get(part) for part in parts}
+
+    def still(self, seen: dict[int, int | None]) -> bool:
+        return all(self.epochs.get(part) == epoch for part, epoch in seen.items())
 
 
 def build_app(settings: MetricsSettings | None = None) -> FastAPI:
@@ -93,73 +75,145 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="metrics")
     reference = ReferenceSource()
-    snapshot = Snapshot()
-    registry.register(StoredCollector(snapshot))
     database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)
+    instance = f"metrics-{uuid.uuid4().hex[:8]}"
 
-    async def refresh() -> None:
-        pool = database.pool
-        rows = await pool.fetch(f"SELECT family, part, unit_code, sector, channel, label, value FROM {SCHEMA}.counters")
-        snapshot.counters = {(r["family"], r["part"], r["unit_code"], r["sector"], r["channel"], r["label"]):
-                             r["value"] for r in rows}
-        now = datetime.now(UTC)
-        open_rows = await pool.fetch(
-            f"SELECT unit_code, sector, channel, CASE WHEN open_kind <> 'running' THEN open_kind "
-            "WHEN due_at < $1 THEN 'overdue' WHEN due_soon_at <= $1 THEN 'due_soon' ELSE 'on_track' END AS state, "
-            f"count(*) AS n FROM {SCHEMA}.dossier_progress WHERE open_kind IS NOT NULL GROUP BY 1, 2, 3, 4", now,
-        )
-        snapshot.open = {(r["unit_code"], r["sector"], r["channel"], r["state"]): int(r["n"]) for r in open_rows}
+    def province_of(unit_code: str) -> str:
+        unit = reference.current.catalog.units.get(unit_code)
+        return unit.province_code if unit else ""
+
+    tracker = OpenDossiers()
+    totals = Totals(province_of)
+    exported = ExportedState(totals, tracker, time.time)
+    registry.register(exported)
+    rejections_by_part: dict[int, dict[tuple[str, str], float]] = {}
+    wake = asyncio.Event()
+
+    def export_rejections() -> None:
+        summed: dict[tuple[str, str], float] = {}
+        for counts in rejections_by_part.values():
+            for key, value in counts.items():
+                summed[key] = summed.get(key, 0.0) + value
+        exported.rejections = summed
+
+    def open_dossier(code: str, part: int, unit: str, sector: str, kind: str, received: datetime,
+                     due_soon: datetime | None, due: datetime | None, now: float) -> None:
+        tracker.put(code, part, (province_of(unit), unit, sector), kind, received.timestamp(),
+                    due_soon.timestamp() if due_soon else None, due.timestamp() if due else None, now)
+
+    async def take(topic: str, parts: list[int]) -> dict[int, int]:
+        async with database.pool.acquire() as conn, conn.transaction():
+            state: PartitionState = await store.take_over(conn, topic, parts, instance)
+        drop(topic, set(parts))  # whatever an earlier ownership left behind
+        now = time.time()
+        for key, value in state.counters:
+            totals.add(key, value)
+        for row in state.open:
+            open_dossier(row.code, row.part, row.unit_code, row.sector, row.kind, row.received_at, row.due_soon_at,
+                         row.due_at, now)
+        for part, stage, reason, value in state.rejections:
+            rejections_by_part.setdefault(part, {})[(stage, reason)] = value
+        export_rejections()
+        wake.set()
+        log.info("took %s partitions %s (%d open dossiers)", topic, parts, len(state.open))
+        return state.epochs
+
+    def drop(topic: str, parts: set[int]) -> None:
+        if topic == topics.REJECTIONS:
+            for part in parts:
+                rejections_by_part.pop(part, None)
+            export_rejections()
+        else:
+            totals.drop_partitions(parts)
+            tracker.drop_partitions(parts)
+
+    owners = {topic: Ownership(topic, take, drop) for topic in (topics.LIFECYCLE, topics.REJECTIONS)}
+    exported.owned = {topic: owner.epochs for topic, owner in owners.items()}
+
+    async def run_timers() -> None:
+        """Fire flips at their instants; every `sweep_seconds`, re-derive every state as a safety net."""
+        next_sweep = time.monotonic() + settings.sweep_seconds
+        while True:
+            now = time.time()
+            tracker.advance(now)
+            if time.monotonic() >= next_sweep:
+                codes = tracker.codes()
+                corrected = 0
+                for start in range(0, len(codes), 20_000):
+                    corrected += tracker.sweep(codes[start:start + 20_000], time.time())
+                    await asyncio.sleep(0)
+                if corrected:
+                    log.warning("sweep corrected %d open dossiers the timers had missed", corrected)
+                next_sweep = time.monotonic() + settings.sweep_seconds
+            upcoming = tracker.next_instant()
+            delay = settings.sweep_seconds if upcoming is None else min(settings.sweep_seconds, upcoming - now)
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), max(delay, 0.0))
+
+    timers: list[asyncio.Task[None]] = []
+
+    async def watch_lag() -> None:
+        while True:
+            try:
+                exported.lag = await consumer_lag(settings.kafka_bootstrap_servers, settings.lag_groups)
+            except Exception:  # the broker may be restarting: the next round tries again
+                log.warning("could not read consumer lag", exc_info=True)
+            await asyncio.sleep(settings.lag_seconds)
+
+    async def start_timers() -> None:
+        timers.append(asyncio.create_task(run_timers()))
+        timers.append(asyncio.create_task(watch_lag()))
+
+    async def stop_timers() -> None:
+        for task in timers:
+            task.cancel()
 
     app = service_app(title="TTHC metrics", description="Live timeliness counters for the dashboards.",
                       settings=settings, database=database, broker=broker, registry=registry, reference=reference,
-                      on_start=refresh)
+                      on_start=start_timers, on_stop=stop_timers)
 
-    @app.middleware("http")
-    async def fresh_values_on_scrape(request: Any, call_next: Any) -> Any:
-        if request.url.path == "/metrics" and await database.ready():
-            await refresh()
-        return await call_next(request)
-
-    @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=1000)
+    @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=1000,
+                      listener=owners[topics.LIFECYCLE])
     async def on_lifecycle(records: Records) -> None:
         events = [(record.partition, DossierLifecycleEvent.model_validate_json(record.value))
                   for record in records if record.value]
+        owner = owners[topics.LIFECYCLE]
+        seen = owner.expected({part for part, _ in events})
+        try:
+            async with database.pool.acquire() as conn, conn.transaction():
+                await store.check_epochs(conn, topics.LIFECYCLE, seen)
+                applied = await store.record_lifecycle(conn, events)
+        except OwnershipMoved as moved:
+            log.info("%s; the batch goes back to Kafka", moved)
+            raise
+        if not owner.still(seen):
+            return  # a rebalance began while committing: the next owner loads what was just written
+        for key, value in applied.deltas.items():
+            totals.add(key, value)
+        now = time.time()
+        for event, part, kind in applied.progress:
+            if kind is None:
+                tracker.remove(event.dossier_code)
+            else:
+                open_dossier(event.dossier_code, part, event.unit_code, event.sector, kind, event.received_at,
+                             event.due_soon_at, event.legal_due_at, now)
+        wake.set()
+
+    @batch_subscriber(broker, topics.REJECTIONS, group_id=settings.consumer_group, max_records=1000,
+                      listener=owners[topics.REJECTIONS])
+    async def on_rejection(records: Records) -> None:
+        batch = [(record.partition, record.offset, _refusal(record.value)) for record in records]
+        owner = owners[topics.REJECTIONS]
+        seen = owner.expected({part for part, _, _ in batch})
         async with database.pool.acquire() as conn, conn.transaction():
-            codes = sorted({event.dossier_code for _, event in events})
-            rows = await conn.fetch(f"SELECT code, last_sequence FROM {SCHEMA}.dossier_progress "
-                                    "WHERE code = ANY($1::text[]) FOR UPDATE", codes)
-            last = {row["code"]: row["last_sequence"] for row in rows}
-            deltas: dict[CounterKey, float] = {}
-            progress: dict[str, tuple[Any, ...]] = {}
-            for part, event in events:
-                if event.sequence <= last.get(event.dossier_code, 0):
-                    continue  # a repeat: redelivery or a second publish from the outbox
-                last[event.dossier_code] = event.sequence
-                tally(event, part, deltas)
-                kind = open_kind(event)
-                due_soon = event.due_soon_at if kind else None
-                completed_on = event.completed_at.astimezone(VN).date() if event.completed_at else None
-                progress[event.dossier_code] = (
-                    event.dossier_code, part, event.sequence, event.unit_code, event.sector, event.channel, kind,
-                    event.legal_due_at, due_soon, event.received_at.astimezone(VN).date(), completed_on,
-                    event.timeliness.value if event.timeliness else None)
-            if progress:
-                await conn.executemany(
-                    f"INSERT INTO {SCHEMA}.dossier_progress VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
-                    "ON CONFLICT (code) DO UPDATE SET part = EXCLUDED.part, last_sequence = EXCLUDED.last_sequence, "
-                    "unit_code = EXCLUDED.unit_code, sector = EXCLUDED.sector, channel = EXCLUDED.channel, "
-                    "open_kind = EXCLUDED.open_kind, due_at = EXCLUDED.due_at, due_soon_at = EXCLUDED.due_soon_at, "
-                    "received_on = EXCLUDED.received_on, completed_on = EXCLUDED.completed_on, "
-                    "timeliness = EXCLUDED.timeliness",
-                    list(progress.values()),
-                )
-            if deltas:
-                await conn.executemany(
-                    f"INSERT INTO {SCHEMA}.counters VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                    "ON CONFLICT (family, part, unit_code, sector, channel, label) "
-                    "DO UPDATE SET value = counters.value + EXCLUDED.value",
-                    [(*key, value) for key, value in deltas.items()],
-                )
+            offsets = await store.check_epochs(conn, topics.REJECTIONS, seen)
+            deltas = await store.record_rejections(conn, topics.REJECTIONS, batch, offsets)
+        if owner.still(seen):
+            for (part, stage, reason), value in deltas.items():
+                counts = rejections_by_part.setdefault(part, {})
+                counts[(stage, reason)] = counts.get((stage, reason), 0.0) + value
+            export_rejections()
 
     @app.get("/liveboard", response_class=HTMLResponse, include_in_schema=False)
     async def liveboard_page() -> str:
@@ -170,3 +224,10 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         return await liveboard.today(database.pool, datetime.now(UTC), reference.current.catalog)
 
     return app
+
+
+def _refusal(value: bytes | None) -> RejectionRecorded | None:
+    try:
+        return RejectionRecorded.model_validate_json(value or b"")
+    except ValidationError:
+        return None

@@ -39,6 +39,10 @@ def tally(event: DossierLifecycleEvent, part: int, into: dict[CounterKey, float]
                     add("time_used_bucket", str(bound))
             add("time_used_bucket", "+Inf")
             add("time_used_sum", amount=event.time_used_ratio)
+    if event.event_type is EventType.STEP_COMPLETED and event.step is not None and event.step.timeliness:
+        # A liên thông step counts for the unit that handled it, not the dossier's receiving unit.
+        key = ("steps", part, event.step.unit_code, event.sector, event.channel, event.step.timeliness.value)
+        into[key] = into.get(key, 0.0) + 1.0
     if event.event_type is EventType.SUPPLEMENT_REQUESTED:
         add("supplements")
     if event.event_type is EventType.APOLOGY_ISSUED:

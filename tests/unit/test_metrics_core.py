@@ -1,0 +1,142 @@
+"""Metrics' pure core: open dossiers flipping on their timers, and the national label budget."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.metrics.series import ExportedState, Totals
+from services.metrics.tracker import OPEN_STATES, OpenDossiers, state_at
+from shared.catalog import Catalog
+
+pytestmark = pytest.mark.unit
+PLACE = ("24", "10000", "ho_tich")
+T0 = 1_800_000_000.0
+
+
+def states(tracker: OpenDossiers) -> dict[str, int]:
+    return {state: count for (_, _, state), count in tracker.by_unit.items() if count}
+
+
+def test_a_running_dossier_turns_due_soon_then_overdue_at_its_instants_with_no_event() -> None:
+    tracker = OpenDossiers()
+    tracker.put("A", 0, PLACE, "running", T0, due_soon=T0 + 100, due=T0 + 200, now=T0)
+    assert states(tracker) == {"on_track": 1}
+    assert tracker.next_instant() == T0 + 100
+
+    assert tracker.advance(T0 + 99.9).count == 0
+    flips = tracker.advance(T0 + 100)
+    assert (flips.count, flips.earliest) == (1, T0 + 100)
+    assert states(tracker) == {"due_soon": 1}
+
+    tracker.advance(T0 + 200)  # overdue is strictly after the due instant
+    assert states(tracker) == {"due_soon": 1}
+    tracker.advance(T0 + 200.001)
+    assert states(tracker) == {"overdue": 1}
+    assert tracker.next_instant() is None
+
+
+def test_a_new_event_re_arms_and_the_old_timer_is_ignored() -> None:
+    tracker = OpenDossiers()
+    tracker.put("A", 0, PLACE, "running", T0, due_soon=T0 + 100, due=T0 + 200, now=T0)
+    tracker.put("A", 0, PLACE, "paused", T0, due_soon=T0 + 100, due=T0 + 200, now=T0 + 50)
+    assert tracker.advance(T0 + 1000).count == 0
+    assert states(tracker) == {"paused": 1}
+    tracker.put("A", 0, PLACE, "running", T0, due_soon=T0 + 1100, due=T0 + 1200, now=T0 + 1000)
+    assert states(tracker) == {"on_track": 1}
+    tracker.advance(T0 + 1300)
+    assert states(tracker) == {"overdue": 1}
+    tracker.remove("A")
+    assert states(tracker) == {}
+    assert len(tracker) == 0
+
+
+def test_counts_by_unit_and_sector_always_sum_to_the_open_dossiers() -> None:
+    rng = random.Random(7)
+    tracker = OpenDossiers()
+    places = [("24", f"1000{u}", sector) for u in range(5) for sector in ("ho_tich", "dat_dai", "chung_thuc")]
+    now = T0
+    for step in range(3000):
+        code = f"D{rng.randrange(400)}"
+        now += rng.uniform(0, 5)
+        if rng.random() < 0.15:
+            tracker.remove(code)
+        else:
+            kind = rng.choice(["running", "running", "paused", "awaiting_supplement"])
+            soon = now + rng.uniform(-50, 300)
+            tracker.put(code, rng.randrange(3), rng.choice(places), kind, now, soon, soon + rng.uniform(0, 300), now)
+        if step % 7 == 0:
+            tracker.advance(now)
+    tracker.advance(now)
+    assert sum(tracker.by_unit.values()) == sum(tracker.by_sector.values()) == len(tracker)
+    assert all(count >= 0 for count in tracker.by_unit.values())
+    # The timers left nothing for the safety net to correct.
+    assert tracker.sweep(tracker.codes(), now) == 0
+    tracker.drop_partitions([0, 1])
+    assert sum(tracker.by_unit.values()) == len(tracker)
+
+
+def test_the_sweep_corrects_a_state_the_timers_never_fired() -> None:
+    tracker = OpenDossiers()
+    tracker.put("A", 0, PLACE, "running", T0, due_soon=T0 + 10, due=T0 + 20, now=T0)
+    assert tracker.sweep(["A"], T0 + 30) == 1
+    assert states(tracker) == {"overdue": 1}
+
+
+def test_oldest_open_dossier_per_unit_skips_closed_ones() -> None:
+    tracker = OpenDossiers()
+    tracker.put("OLD", 0, PLACE, "running", T0, None, None, T0 + 50)
+    tracker.put("NEW", 0, PLACE, "running", T0 + 40, None, None, T0 + 50)
+    assert tracker.oldest_received() == {("24", "10000"): T0}
+    tracker.remove("OLD")
+    assert tracker.oldest_received() == {("24", "10000"): T0 + 40}
+
+
+def test_state_at_matches_the_dossier_rules() -> None:
+    assert state_at("awaiting_supplement", T0, T0, T0 + 10) == "awaiting_supplement"
+    assert state_at("paused", T0, T0, T0 + 10) == "paused"
+    assert state_at("running", None, None, T0) == "on_track"
+
+
+def test_a_partition_leaving_takes_exactly_its_counts_away() -> None:
+    totals = Totals(lambda unit: "24")
+    totals.add(("received", 0, "10000", "ho_tich", "online", ""), 3)
+    totals.add(("received", 1, "10000", "ho_tich", "online", ""), 2)
+    assert totals.series[("received", "24", "10000", "online")] == 5
+    assert totals.series[("sector_received", "24", "ho_tich", "online")] == 5
+    totals.drop_partitions([0])
+    assert totals.series[("received", "24", "10000", "online")] == 2
+
+
+def test_a_whole_country_stays_under_the_series_budget() -> None:
+    """About 3,400 communes in 34 provinces, every sector in the catalog plus room for more, every channel,
+    state, timeliness and apology timing in use: the exported series stay under 200k."""
+    sectors = sorted({procedure.sector for procedure in Catalog.load().procedures.values()})
+    sectors += [f"sector_{n}" for n in range(40 - len(sectors))]
+    units = [(f"{p:02d}", f"{p:02d}{u:03d}") for p in range(34) for u in range(100)]
+    province = dict((unit, prov) for prov, unit in units)
+    totals = Totals(lambda unit: province[unit])
+    tracker = OpenDossiers()
+    for n, (_, unit) in enumerate(units):
+        sector = sectors[n % len(sectors)]  # each province's 100 communes between them use every sector
+        for channel in ("online", "direct"):
+            for family, labels in (("received", [""]), ("completed", ["early", "on_time", "late"]),
+                                   ("supplements", [""]), ("apologies", ["in_time", "late"]),
+                                   ("steps", ["early", "on_time", "late"]), ("time_used_sum", [""]),
+                                   ("time_used_bucket", ["0.25", "0.5", "0.75", "0.9", "1.0", "1.25", "1.5", "2.0",
+                                                         "3.0", "+Inf"])):
+                for label in labels:
+                    totals.add((family, n % 12, unit, sector, channel, label), 1)
+        for kind, due in (("running", T0 - 1), ("running", T0 + 10), ("running", T0 + 10_000), ("paused", None),
+                          ("awaiting_supplement", None)):
+            soon = due - 100 if due else None
+            tracker.put(f"{unit}-{kind}-{due}", 0, (province[unit], unit, sector), kind, T0, soon, due, T0)
+    assert {state for (_, _, state) in tracker.by_unit} == set(OPEN_STATES)
+    registry = CollectorRegistry()
+    registry.register(ExportedState(totals, tracker, lambda: T0))
+    samples = [sample for family in registry.collect() for sample in family.samples]
+    assert len({sample.labels["unit"] for sample in samples if "unit" in sample.labels}) == len(units)
+    assert 60_000 < len(samples) < 200_000
+    assert not any("code" in sample.labels for sample in samples)
