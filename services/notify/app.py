@@ -1,27 +1,30 @@
-"""Notify: tells citizens about their dossiers, once per (dossier, event, channel), retrying failures."""
+"""Notify: tells citizens about their dossiers, once per (dossier, event, channel), retrying failures; takes
+their satisfaction answers and opt-outs, and providers' delivery reports."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import hmac
 import json
 import logging
-import smtplib
-from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
-from typing import Any
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-import asyncpg
-import httpx
-from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, Field
 
-from services.notify.messages import owed, render
+from services.notify import pages, stats
+from services.notify.delivery import Deliverer
+from services.notify.guard import BreakerState
+from services.notify.links import LinkSigner, Purpose
+from services.notify.messages import CHANNELS, owed
 from services.notify.settings import NotifySettings
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent
-from shared.crypto import Keyring, SealError
+from shared.crypto import Keyring
 from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
@@ -31,123 +34,16 @@ from shared.reference import ReferenceSource
 log = logging.getLogger(__name__)
 SCHEMA = "notify"
 MIGRATIONS = PROJECT_ROOT / "services" / "notify" / "migrations"
+# Pages reached through a link that acts for a dossier: the link must not leak onwards or stay in caches.
+PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
 
 
-class PermanentFailure(Exception):
-    """A provider refused the message for good (bad number, unknown template): retrying will not help."""
+class DeliveryReport(BaseModel):
+    """A provider's report on a message it took: its id for the message and what became of it."""
 
-
-def backoff(attempts: int) -> timedelta:
-    return timedelta(seconds=min(2 ** attempts, 600))
-
-
-class Deliverer:
-    """Sends owed messages. A row is marked `sending` (committed) before the send, so a crash mid-send is
-    retried with the same Message-ID: mail systems drop the copy, and nothing is lost."""
-
-    def __init__(self, pool: asyncpg.Pool, settings: NotifySettings, keyring: Keyring,
-                 registry: CollectorRegistry) -> None:
-        self.pool = pool
-        self.settings = settings
-        self.keyring = keyring
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.http = httpx.AsyncClient(timeout=10)
-        self.outcomes = Counter("tthc_notifications_total", "Notification attempts by channel and outcome",
-                                ["channel", "outcome"], registry=registry)
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name="deliverer")
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        await self.http.aclose()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                while await self.deliver_due():
-                    pass
-            except (OSError, asyncpg.PostgresError):
-                log.exception("delivery round failed")
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), 1.0)
-
-    async def deliver_due(self) -> int:
-        now = datetime.now(UTC)
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                f"UPDATE {SCHEMA}.deliveries d SET status = 'sending', attempts = attempts + 1 "
-                f"FROM {SCHEMA}.contacts c WHERE c.dossier_code = d.dossier_code AND (d.dossier_code, d.event_id, "
-                f"d.channel) IN (SELECT dossier_code, event_id, channel FROM {SCHEMA}.deliveries "
-                "WHERE status IN ('queued', 'temporary-failure') AND next_attempt_at <= $1 "
-                "ORDER BY next_attempt_at LIMIT 50 FOR UPDATE SKIP LOCKED) "
-                "RETURNING d.dossier_code, d.event_id, d.channel, d.template, d.attempts, d.context, c.sealed",
-                now,
-            )
-        for row in rows:
-            await self._send_one(row)
-        return len(rows)
-
-    async def _send_one(self, row: asyncpg.Record) -> None:
-        key = (row["dossier_code"], row["event_id"], row["channel"])
-        channel = row["channel"]
-        try:
-            applicant = json.loads(self.keyring.open(row["sealed"], row["dossier_code"]))
-            context = {**json.loads(row["context"]), "full_name": applicant["full_name"]}
-            subject, body = render(row["template"], channel, context, ascii_sms=self.settings.sms_ascii)
-            if channel == "email":
-                await asyncio.to_thread(self._smtp_send, applicant["email"], subject, body, key)
-            else:
-                await self._gateway_send(channel, applicant["phone"], body, key, row["template"])
-        except (SealError, KeyError, PermanentFailure) as error:
-            await self._finish(key, "permanent-failure", f"{type(error).__name__}: cannot deliver the message")
-            self.outcomes.labels(channel, "permanent-failure").inc()
-            return
-        except (OSError, smtplib.SMTPException, httpx.HTTPError) as error:
-            failed = row["attempts"] >= self.settings.max_attempts
-            status = "permanent-failure" if failed else "temporary-failure"
-            await self._finish(key, status, type(error).__name__, retry_in=backoff(row["attempts"]))
-            self.outcomes.labels(row["channel"], status).inc()
-            return
-        await self._finish(key, "delivered", None)
-        self.outcomes.labels(row["channel"], "delivered").inc()
-
-    async def _gateway_send(self, channel: str, phone: str, text: str, key: tuple[str, str, str],
-                            template: str) -> None:
-        """SMS and Zalo ZNS go through HTTP gateways; the idempotency key lets a gateway drop a repeat."""
-        url = self.settings.sms_url if channel == "sms" else self.settings.zalo_url
-        payload = {"phone": phone, "text": text, "idempotency_key": ":".join(key), "template": template}
-        reply = await self.http.post(url, json=payload)
-        if reply.status_code == 429 or reply.status_code >= 500:
-            reply.raise_for_status()  # temporary: retried with backoff
-        if reply.status_code >= 400:
-            raise PermanentFailure(f"{channel} gateway refused the message: {reply.status_code}")
-
-    def _smtp_send(self, to: str, subject: str, body: str, key: tuple[str, str, str]) -> None:
-        message = EmailMessage()
-        message["From"] = self.settings.mail_from
-        message["To"] = to
-        message["Subject"] = subject
-        # Deterministic, so a resend after a crash is recognisably the same message.
-        message["Message-ID"] = f"<{':'.join(key)}@tthc.gov.vn>".replace(" ", "")
-        message.set_content(body, charset="utf-8")
-        with smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port, timeout=10) as smtp:
-            smtp.send_message(message)
-
-    async def _finish(self, key: tuple[str, str, str], status: str, error: str | None,
-                      retry_in: timedelta = timedelta(0)) -> None:
-        now = datetime.now(UTC)
-        await self.pool.execute(
-            f"UPDATE {SCHEMA}.deliveries SET status = $4, last_error = $5, next_attempt_at = $6, "
-            "delivered_at = CASE WHEN $4 = 'delivered' THEN $7 ELSE delivered_at END "
-            "WHERE dossier_code = $1 AND event_id = $2 AND channel = $3",
-            *key, status, error, now + retry_in, now,
-        )
+    message_id: str = Field(min_length=1, max_length=200)
+    status: Literal["delivered", "failed"]
+    error: str | None = Field(default=None, max_length=200)
 
 
 def build_app(settings: NotifySettings | None = None) -> FastAPI:
@@ -158,15 +54,24 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
     if settings.data_keys is None:
         raise SystemExit("TTHC_DATA_KEYS is required: notify opens sealed contacts to send messages")
     keyring = Keyring.parse(settings.data_keys.get_secret_value())
-    state: dict[str, Any] = {}
+    signer = LinkSigner(keyring)
+    state: dict[str, Any] = {"snapshot": stats.Snapshot()}
 
+    def breakers() -> dict[str, BreakerState]:
+        deliverer: Deliverer | None = state.get("deliverer")
+        if deliverer is None:
+            return {}
+        now = time.monotonic()
+        return {channel: guard.breaker.state(now) for channel, guard in deliverer.guards.items()}
+
+    registry.register(stats.NotifyCollector(lambda: state["snapshot"], breakers))
     database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)
 
     async def on_start() -> None:
         # Sends interrupted by a crash are retried (same Message-ID).
         await database.pool.execute(
             f"UPDATE {SCHEMA}.deliveries SET status = 'temporary-failure' WHERE status = 'sending'")
-        deliverer = Deliverer(database.pool, settings, keyring, registry)
+        deliverer = Deliverer(database.pool, settings, keyring, signer, registry)
         deliverer.start()
         state["deliverer"] = deliverer
 
@@ -177,6 +82,13 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
     app = service_app(title="TTHC notify", description="Citizen notifications and their delivery status.",
                       settings=settings, database=database, broker=broker, registry=registry, reference=reference,
                       on_start=on_start, on_stop=on_stop)
+
+    @app.middleware("http")
+    async def fresh_values_on_scrape(request: Request, call_next: Any) -> Any:
+        if request.url.path == "/metrics" and await database.ready():
+            async with database.pool.acquire() as conn:
+                state["snapshot"] = await stats.read(conn)
+        return await call_next(request)
 
     @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=500)
     async def on_lifecycle(records: Records) -> None:
@@ -189,23 +101,140 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
                         f"INSERT INTO {SCHEMA}.contacts VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                         event.dossier_code, event.applicant_sealed, event.notify_via,
                     )
+                if event.event_type is EventType.RESULT_RETURNED:
+                    # The survey link goes out with this message; the row says the dossier may be rated.
+                    await conn.execute(
+                        f"INSERT INTO {SCHEMA}.surveys (dossier_code, unit_code, invited_at) VALUES ($1, $2, $3) "
+                        "ON CONFLICT DO NOTHING", event.dossier_code, event.unit_code, now)
                 procedure = reference.current.catalog.procedures.get(event.procedure_code)
                 for item in owed(event, event.notify_via, procedure.name_vi if procedure else event.procedure_code,
-                                 settings.lookup_base_url, settings.survey_base_url):
+                                 settings.lookup_base_url):
                     await conn.execute(
                         f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, "
-                        "next_attempt_at, context, created_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6::jsonb, $5) "
-                        "ON CONFLICT DO NOTHING",
+                        "next_attempt_at, context, created_at, required) "
+                        "VALUES ($1, $2, $3, $4, 'queued', $5, $6::jsonb, $5, $7) ON CONFLICT DO NOTHING",
                         event.dossier_code, event.id, item.channel, item.template, now,
-                        json.dumps(item.context, ensure_ascii=False),
+                        json.dumps(item.context, ensure_ascii=False), item.required,
                     )
         state["deliverer"].wake.set()
 
     @app.get("/v1/notifications", summary="Delivery status of a dossier's notifications")
     async def notifications(dossier: str) -> list[dict[str, Any]]:
         rows = await database.pool.fetch(
-            f"SELECT event_id, channel, template, status, attempts, created_at, delivered_at "
-            f"FROM {SCHEMA}.deliveries WHERE dossier_code = $1 ORDER BY created_at", dossier)
+            f"SELECT event_id, channel, template, status, required, attempts, created_at, delivered_at, "
+            f"provider_status, provider_reported_at FROM {SCHEMA}.deliveries WHERE dossier_code = $1 "
+            "ORDER BY created_at, channel", dossier)
         return [dict(row) for row in rows]
+
+    @app.post("/v1/notifications/callbacks/{channel}", summary="A provider reports what became of a message")
+    async def callback(channel: str, report: DeliveryReport, request: Request) -> dict[str, Any]:
+        secret = settings.callback_secret
+        if secret is None:
+            raise HTTPException(403, "delivery callbacks are not enabled (NOTIFY_CALLBACK_SECRET is unset)")
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), secret.get_secret_value().encode()):
+            raise HTTPException(401, "wrong or missing callback secret", headers={"WWW-Authenticate": "Bearer"})
+        if channel not in CHANNELS:
+            raise HTTPException(404, "unknown channel")
+        now = datetime.now(UTC)
+        if report.status == "delivered":
+            # Also settles a send whose answer was lost (timeout): it reached the citizen, so no retry.
+            rows = await database.pool.fetch(
+                f"UPDATE {SCHEMA}.deliveries SET status = 'delivered', provider_status = 'delivered', "
+                "provider_reported_at = $3, delivered_at = COALESCE(delivered_at, $3), last_error = NULL "
+                "WHERE channel = $1 AND provider_message_id = $2 RETURNING status", channel, report.message_id, now)
+        else:
+            rows = await database.pool.fetch(
+                f"UPDATE {SCHEMA}.deliveries SET status = 'permanent-failure', provider_status = 'failed', "
+                "provider_reported_at = $3, last_error = $4 "
+                "WHERE channel = $1 AND provider_message_id = $2 RETURNING status", channel, report.message_id, now,
+                f"provider reported it undeliverable: {report.error or 'no reason given'}")
+        if not rows:
+            raise HTTPException(404, "no message with this id on this channel")
+        return {"message_id": report.message_id, "status": rows[0]["status"]}
+
+    def html(body: str, status: int = 200) -> HTMLResponse:
+        return HTMLResponse(body, status_code=status, headers=PRIVATE)
+
+    async def survey_row(code: str, token: str) -> Any:
+        if not signer.verify(Purpose.SURVEY, code, token):
+            return None
+        return await database.pool.fetchrow(
+            f"SELECT unit_code, rating FROM {SCHEMA}.surveys WHERE dossier_code = $1", code)
+
+    def unit_name(unit_code: str) -> str:
+        unit = reference.current.catalog.units.get(unit_code)
+        return unit.name_vi if unit else ""
+
+    @app.get("/khao-sat/{code}/{token}", response_class=HTMLResponse, include_in_schema=False)
+    async def survey_form(code: str, token: str) -> HTMLResponse:
+        row = await survey_row(code, token)
+        if row is None:
+            return html(pages.survey_page("invalid"), 404)
+        outcome = "already" if row["rating"] else "form"
+        return html(pages.survey_page(outcome, code, unit_name(row["unit_code"]), settings.survey_comment_max_chars))
+
+    @app.post("/khao-sat/{code}/{token}", response_class=HTMLResponse, include_in_schema=False)
+    async def survey_answer(code: str, token: str, request: Request) -> HTMLResponse:
+        row = await survey_row(code, token)
+        if row is None:
+            return html(pages.survey_page("invalid"), 404)
+        body = await request.body()
+        try:
+            fields = pages.form_fields(body) if len(body) <= pages.MAX_FORM_BYTES else {}
+        except ValueError:
+            fields = {}
+        rating = fields.get("rating", "")
+        unit = unit_name(row["unit_code"])
+        if rating not in pages.RATINGS:
+            return html(pages.survey_page("missing", code, unit, settings.survey_comment_max_chars), 422)
+        comment = fields.get("comment", "").strip()[:settings.survey_comment_max_chars]
+        # Free text a citizen may put anything in: sealed at rest, never logged.
+        sealed = keyring.seal(comment.encode(), f"survey:{code}") if comment else None
+        answered = await database.pool.fetchval(
+            f"UPDATE {SCHEMA}.surveys SET rating = $2, comment_sealed = $3, answered_at = $4 "
+            "WHERE dossier_code = $1 AND rating IS NULL RETURNING true", code, rating, sealed, datetime.now(UTC))
+        if not answered:
+            return html(pages.survey_page("already", code, unit), 409)
+        return html(pages.survey_page("recorded", code, unit))
+
+    async def opt_out_known(code: str, token: str) -> bool:
+        if not signer.verify(Purpose.OPT_OUT, code, token):
+            return False
+        return bool(await database.pool.fetchval(
+            f"SELECT true FROM {SCHEMA}.contacts WHERE dossier_code = $1", code))
+
+    async def opted_out(code: str) -> bool:
+        return bool(await database.pool.fetchval(
+            f"SELECT true FROM {SCHEMA}.opt_outs WHERE dossier_code = $1", code))
+
+    @app.get("/huy-nhan-tin/{code}/{token}", response_class=HTMLResponse, include_in_schema=False)
+    async def opt_out_form(code: str, token: str) -> HTMLResponse:
+        # Showing the page changes nothing: mail scanners open links, only the citizen's button press counts.
+        if not await opt_out_known(code, token):
+            return html(pages.opt_out_page("invalid"), 404)
+        return html(pages.opt_out_page("form", code, await opted_out(code)))
+
+    @app.post("/huy-nhan-tin/{code}/{token}", response_class=HTMLResponse, include_in_schema=False)
+    async def opt_out_change(code: str, token: str, request: Request) -> HTMLResponse:
+        if not await opt_out_known(code, token):
+            return html(pages.opt_out_page("invalid"), 404)
+        body = await request.body()
+        try:
+            action = pages.form_fields(body).get("action", "stop") if len(body) <= pages.MAX_FORM_BYTES else ""
+        except ValueError:
+            action = ""
+        if action == "stop":
+            async with database.pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"INSERT INTO {SCHEMA}.opt_outs VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                                   code, datetime.now(UTC))
+                await conn.execute(
+                    f"UPDATE {SCHEMA}.deliveries SET status = 'opted-out' WHERE dossier_code = $1 AND NOT required "
+                    "AND status IN ('queued', 'temporary-failure')", code)
+            return html(pages.opt_out_page("stopped", code, True))
+        if action == "resume":
+            await database.pool.execute(f"DELETE FROM {SCHEMA}.opt_outs WHERE dossier_code = $1", code)
+            return html(pages.opt_out_page("resumed", code, False))
+        return html(pages.opt_out_page("form", code, await opted_out(code)), 422)
 
     return app

@@ -29,7 +29,14 @@ TEMPLATE_FOR: dict[EventType, str] = {
     EventType.RESULT_RETURNED: "result_returned",
 }
 CHANNELS = ("email", "sms", "zalo")
-TEMPLATE_VERSION = "2026.11.1"
+TEMPLATE_VERSION = "2026.11.2"
+# What the citizen must be told whatever they chose (Decree 61/2018): the receipt (art. 17.2), a supplement
+# request (art. 19.4), an apology with the new appointment (art. 19.9), a refusal with its reason, and a
+# result ready before its appointment (art. 20.4). An opt-out stops only the others.
+REQUIRED = frozenset({EventType.RECEIVED, EventType.SUPPLEMENT_REQUESTED, EventType.APOLOGY_ISSUED,
+                      EventType.REJECTED})
+# Filled in when the message is sent, never stored: they carry tokens that act for the dossier.
+LINK_FIELDS = ("survey_url", "opt_out_url")
 
 
 @dataclass(frozen=True)
@@ -37,10 +44,16 @@ class Owed:
     template: str
     channel: str
     context: dict[str, Any]
+    required: bool = True
 
 
-def owed(event: DossierLifecycleEvent, notify_via: list[str], procedure_name: str, lookup_url: str,
-         survey_url: str) -> list[Owed]:
+def required(event: DossierLifecycleEvent) -> bool:
+    """Whether the law requires this notice, so that an opt-out does not stop it."""
+    early_result = event.event_type is EventType.RESOLVED and event.timeliness is Timeliness.EARLY
+    return event.event_type in REQUIRED or early_result
+
+
+def owed(event: DossierLifecycleEvent, notify_via: list[str], procedure_name: str, lookup_url: str) -> list[Owed]:
     """The messages `event` owes the citizen, one per channel they chose."""
     template = TEMPLATE_FOR.get(event.event_type)
     if template is None:
@@ -57,10 +70,10 @@ def owed(event: DossierLifecycleEvent, notify_via: list[str], procedure_name: st
         "details": event.details,
         "amount": f"{amount:,}".replace(",", ".") if isinstance(amount, int) else "",
         "lookup_url": f"{lookup_url}?ma_ho_so={event.dossier_code}",
-        "survey_url": f"{survey_url}?ma_ho_so={event.dossier_code}",
         "template_version": TEMPLATE_VERSION,
     }
-    return [Owed(template, channel, context) for channel in dict.fromkeys(notify_via) if channel in CHANNELS]
+    needed = required(event)
+    return [Owed(template, channel, context, needed) for channel in dict.fromkeys(notify_via) if channel in CHANNELS]
 
 
 def render(template: str, channel: str, context: dict[str, Any], *, ascii_sms: bool = False) -> tuple[str, str]:

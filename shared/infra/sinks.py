@@ -2,6 +2,11 @@
 
 SMTP (aiosmtpd) keeps every mail as an .eml file; an HTTP server plays the SMS and Zalo gateways and shows
 everything received at `/` (Vietnamese) and `/api/messages` (JSON).
+
+Tests make the gateways misbehave the way real ones do: `POST /api/faults` with
+`{"channel": "sms", "status": 503, "times": 3}` answers the next three SMS requests with 503 (429 for rate
+limiting), `"delay": 5` holds each answer that long (a timeout for the caller); `DELETE /api/faults` ends
+them. `GET /api/attempts` lists when every request arrived (Unix seconds) by channel, failed ones included.
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ import email.policy
 import html
 import json
 import signal
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +30,8 @@ import uvicorn
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
 
 
 class MailDirHandler:
@@ -46,18 +56,58 @@ def read_mail(folder: Path) -> list[dict[str, Any]]:
     return mails
 
 
+class FaultPlan(BaseModel):
+    channel: str
+    status: int | None = Field(default=None, ge=400, le=599)
+    delay: float = Field(default=0.0, ge=0, le=60)
+    times: int = Field(default=1, ge=1)
+
+
+@dataclass
+class _Fault:
+    status: int | None
+    delay: float
+    left: int
+
+
 def gateway_app(folder: Path) -> FastAPI:
     app = FastAPI(title="Message sinks")
     gateway_log = folder / "gateway.jsonl"
+    faults: dict[str, _Fault] = {}
+    attempts: defaultdict[str, list[float]] = defaultdict(list)
 
     @app.post("/sms")
     @app.post("/zalo")
-    async def gateway(request: Request) -> dict[str, str]:
-        entry = {"channel": request.url.path.strip("/"), "received_at": datetime.now(UTC).isoformat(),
+    async def gateway(request: Request) -> JSONResponse:
+        channel = request.url.path.strip("/")
+        attempts[channel].append(time.time())
+        fault = faults.get(channel)
+        if fault is not None:
+            fault.left -= 1
+            if fault.left <= 0:
+                del faults[channel]
+            if fault.delay:
+                await asyncio.sleep(fault.delay)  # plays a slow provider: the caller's timeout decides
+            if fault.status is not None:
+                return JSONResponse({"error": "simulated failure"}, status_code=fault.status)
+        message_id = uuid.uuid4().hex
+        entry = {"channel": channel, "received_at": datetime.now(UTC).isoformat(), "message_id": message_id,
                  "payload": await request.json()}
         with gateway_log.open("a", encoding="utf-8") as file:
             file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        return {"status": "accepted"}
+        return JSONResponse({"status": "accepted", "message_id": message_id})
+
+    @app.post("/api/faults", status_code=204)
+    async def add_fault(plan: FaultPlan) -> None:
+        faults[plan.channel] = _Fault(plan.status, plan.delay, plan.times)
+
+    @app.delete("/api/faults", status_code=204)
+    async def clear_faults() -> None:
+        faults.clear()
+
+    @app.get("/api/attempts")
+    async def attempt_times() -> dict[str, list[float]]:
+        return dict(attempts)
 
     def gateway_messages() -> list[dict[str, Any]]:
         if not gateway_log.exists():

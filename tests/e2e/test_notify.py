@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from shared.contract.events import EventType
 from shared.infra.sinks import read_mail
 from shared.infra.stack import Stack
 from tests.e2e.conftest import intake_client
-from tests.support import VN, cloudevent, dossier_code, eventually, received_data
+from tests.support import UNIT, VN, cloudevent, dossier_code, eventually, received_data
 
 pytestmark = pytest.mark.e2e
 
@@ -73,3 +74,37 @@ async def test_each_trigger_is_delivered_once_on_each_chosen_channel(stack: Stac
     assert {entry["channel"] for entry in texts} == {"sms", "zalo"}
     assert all(entry["payload"]["phone"] == "0912345678" for entry in texts)
     assert any(f"Hồ sơ {code} đã được tiếp nhận" in entry["payload"]["text"] for entry in texts)
+
+
+async def test_the_last_message_links_to_a_survey_that_takes_one_answer_and_feeds_the_metric(stack: Stack) -> None:
+    code = dossier_code()
+    start = datetime.now(VN) - timedelta(hours=1)
+    events = [
+        cloudevent(EventType.RECEIVED, code, received_data(), at=start),
+        cloudevent(EventType.RESOLVED, code, {}, at=start + timedelta(minutes=30)),
+        cloudevent(EventType.RESULT_RETURNED, code, {}, at=start + timedelta(minutes=40)),
+    ]
+    async with intake_client(stack) as intake:
+        assert (await intake.post("/v1/events", json=events)).status_code == 202
+    mail_dir = stack.outbox_dir / "mail"
+
+    async def survey_mail() -> dict[str, Any] | None:
+        mails = read_mail(mail_dir) if mail_dir.exists() else []
+        return next((m for m in mails if code in m["subject"] and "hài lòng" in m["subject"]), None)
+
+    body = (await eventually(survey_mail, what="the result-returned email"))["body"]
+    base = f"http://127.0.0.1:{stack.ports.notify}"
+    found = re.search(rf"{re.escape(base)}(/khao-sat/\S+)", body)
+    assert found, body
+    async with httpx.AsyncClient(base_url=base, timeout=30) as notify:
+        form = await notify.get(found.group(1))
+        assert form.status_code == 200
+        assert all(text in form.text for text in ("Hài lòng", "Bình thường", "Không hài lòng"))
+        answer = await notify.post(found.group(1), data={"rating": "neutral", "comment": "Chờ hơi lâu"})
+        assert answer.status_code == 200
+        assert (await notify.post(found.group(1), data={"rating": "satisfied"})).status_code == 409
+        assert (await notify.get(f"/khao-sat/{code}/{'x' * 22}")).status_code == 404
+        scraped = (await notify.get("/metrics")).text
+    line = f'tthc_satisfaction_answers_total{{rating="neutral",unit="{UNIT.code}"}}'
+    assert any(row.startswith(line) and float(row.rsplit(" ", 1)[1]) >= 1 for row in scraped.splitlines())
+    assert code not in scraped

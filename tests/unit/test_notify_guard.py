@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.notify.delivery import backoff
 from services.notify.guard import BreakerState, CircuitBreaker, TokenBucket
 
 pytestmark = pytest.mark.unit
@@ -74,3 +75,8 @@ def test_half_open_lets_one_probe_through_and_its_outcome_decides() -> None:
     breaker.failed(22.0)
     assert breaker.state(22.0) is BreakerState.CLOSED  # the count starts again after closing
 
+
+def test_retries_back_off_exponentially_up_to_a_ceiling() -> None:
+    assert [backoff(n).total_seconds() for n in (1, 2, 3, 4)] == [2, 4, 8, 16]
+    assert backoff(30).total_seconds() == 600
+    assert backoff(3, base=0.5, ceiling=1.5).total_seconds() == 1.5

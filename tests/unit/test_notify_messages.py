@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.notify.messages import CHANNELS, TEMPLATE_FOR, owed, render
+from services.notify.messages import CHANNELS, TEMPLATE_FOR, owed, render, required
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, DossierState, Timeliness
 
@@ -20,20 +20,24 @@ DETAILS = {
 }
 
 
-def event(kind: EventType) -> DossierLifecycleEvent:
+LINKS = {"survey_url": "https://x/khao-sat/000.00.24.07420-260210-0001/tok",
+         "opt_out_url": "https://x/huy-nhan-tin/000.00.24.07420-260210-0001/tok"}
+
+
+def event(kind: EventType, timeliness: Timeliness = Timeliness.EARLY) -> DossierLifecycleEvent:
     return DossierLifecycleEvent(
         id="x:1", dossier_code="000.00.24.07420-260210-0001", sequence=1, event_type=kind, occurred_at=AT,
         recorded_at=AT, source="urn:test", source_event_id="e1", procedure_code="1.001193", unit_code="07420",
         sector="ho_tich", channel="online", state=DossierState.RESOLVED, status_code=9, received_at=AT,
-        legal_due_at=AT, appointment_at=AT, timeliness=Timeliness.EARLY, reason="Không đủ điều kiện",
+        legal_due_at=AT, appointment_at=AT, timeliness=timeliness, reason="Không đủ điều kiện",
         details=DETAILS.get(kind, {}), calendar_version="c", policy_version="p")
 
 
 @pytest.mark.parametrize("kind", list(TEMPLATE_FOR))
 @pytest.mark.parametrize("channel", CHANNELS)
 def test_every_trigger_renders_on_every_channel(kind: EventType, channel: str) -> None:
-    [message] = owed(event(kind), [channel], "Thủ tục đăng ký khai sinh", "https://x/tra-cuu", "https://x/khao-sat")
-    subject, body = render(message.template, channel, {**message.context, "full_name": "Nguyễn Thị Ánh Tuyết"})
+    [message] = owed(event(kind), [channel], "Thủ tục đăng ký khai sinh", "https://x/tra-cuu")
+    subject, body = render(message.template, channel, {**message.context, **LINKS, "full_name": "Nguyễn Thị Ánh Tuyết"})
     assert "000.00.24.07420-260210-0001" in subject + body
     text = subject + body
     assert unicodedata.is_normalized("NFC", text)
@@ -47,13 +51,38 @@ def test_every_trigger_renders_on_every_channel(kind: EventType, channel: str) -
 
 
 def test_sms_without_diacritics_where_the_gateway_needs_it() -> None:
-    [message] = owed(event(EventType.FEE_REQUESTED), ["sms"], "Đăng ký khai sinh", "u", "s")
-    _, body = render(message.template, "sms", {**message.context, "full_name": "x"}, ascii_sms=True)
+    [message] = owed(event(EventType.FEE_REQUESTED), ["sms"], "Đăng ký khai sinh", "u")
+    _, body = render(message.template, "sms", {**message.context, **LINKS, "full_name": "x"}, ascii_sms=True)
     assert body.isascii()
     assert body.startswith("Ho so 000.00.24.07420-260210-0001: vui long nop phi, le phi 1.250.000 dong")
 
 
 def test_only_the_chosen_channels_and_only_triggers_owe_messages() -> None:
-    assert [m.channel for m in owed(event(EventType.RESOLVED), ["sms", "email", "sms"], "p", "u", "s")] == [
+    assert [m.channel for m in owed(event(EventType.RESOLVED), ["sms", "email", "sms"], "p", "u")] == [
         "sms", "email"]
-    assert owed(event(EventType.STEP_STARTED), ["email"], "p", "u", "s") == []
+    assert owed(event(EventType.STEP_STARTED), ["email"], "p", "u") == []
+
+
+def test_the_notices_the_law_requires_survive_an_opt_out() -> None:
+    needed = {kind for kind in TEMPLATE_FOR if required(event(kind, Timeliness.ON_TIME))}
+    assert needed == {EventType.RECEIVED, EventType.SUPPLEMENT_REQUESTED, EventType.APOLOGY_ISSUED,
+                      EventType.REJECTED}
+    assert required(event(EventType.RESOLVED, Timeliness.EARLY))  # an early result is announced (Đ20.4)
+    assert [m.required for m in owed(event(EventType.FEE_REQUESTED), ["email", "sms"], "p", "u")] == [False, False]
+
+
+def test_the_survey_link_is_in_the_last_message_and_the_opt_out_link_in_optional_emails() -> None:
+    def email(kind: EventType) -> str:
+        [message] = owed(event(kind), ["email"], "p", "u")
+        return render(message.template, "email", {**message.context, **LINKS, "full_name": "x"})[1]
+
+    def short(kind: EventType, channel: str) -> str:
+        [message] = owed(event(kind), [channel], "p", "u")
+        return render(message.template, channel, {**message.context, **LINKS, "full_name": "x"})[1]
+
+    assert LINKS["survey_url"] in email(EventType.RESULT_RETURNED)
+    assert all(LINKS["survey_url"] in short(EventType.RESULT_RETURNED, c) for c in ("sms", "zalo"))
+    for kind in (EventType.RECEIVED, EventType.FEE_REQUESTED, EventType.RESOLVED):
+        assert f"từ chối tại: {LINKS['opt_out_url']}" in email(kind)
+        assert "pháp luật quy định" in email(kind)
+    assert LINKS["opt_out_url"] not in email(EventType.REJECTED)

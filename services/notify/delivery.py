@@ -1,0 +1,246 @@
+"""The delivery queue: owed messages sent to their providers, retried with backoff, within each provider's
+rate limit, and held back while a provider's circuit is open."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import smtplib
+import time
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+
+import asyncpg
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+
+from services.notify.guard import CircuitBreaker, TokenBucket
+from services.notify.links import LinkSigner, Purpose
+from services.notify.messages import CHANNELS, render
+from services.notify.settings import NotifySettings
+from shared.crypto import Keyring, SealError
+
+log = logging.getLogger(__name__)
+SCHEMA = "notify"
+BATCH = 50
+
+
+class PermanentFailure(Exception):
+    """A provider refused the message for good (bad number, unknown template): retrying will not help."""
+
+
+class TemporaryFailure(Exception):
+    """A provider could not take the message now (overloaded, down, too many requests): retried later."""
+
+    def __init__(self, reason: str, *, rate_limited: bool = False) -> None:
+        super().__init__(reason)
+        self.rate_limited = rate_limited
+
+
+def backoff(attempts: int, base: float = 2.0, ceiling: float = 600.0) -> timedelta:
+    return timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), ceiling))
+
+
+class ProviderGuard:
+    """One provider's rate limit and circuit breaker, on the monotonic clock."""
+
+    def __init__(self, channel: str, settings: NotifySettings) -> None:
+        self.channel = channel
+        self.bucket = TokenBucket(rate=settings.rate_per_second.get(channel, 10.0),
+                                  burst=settings.rate_burst.get(channel, 10))
+        self.breaker = CircuitBreaker(threshold=settings.breaker_threshold,
+                                      cool_down=settings.breaker_cool_down_seconds)
+
+    def room(self, now: float) -> int:
+        return min(self.bucket.available(now), self.breaker.allowed(now), BATCH)
+
+    def wait(self, now: float) -> float:
+        return max(self.bucket.wait(now), self.breaker.wait(now))
+
+
+class Deliverer:
+    """Sends owed messages. A row is marked `sending` (committed) before the send, so a crash mid-send is
+    retried with the same Message-ID (or gateway idempotency key): providers drop the copy, nothing is lost.
+
+    Each provider is worked on by its own task, so one slow or failing provider does not hold up the others."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: NotifySettings, keyring: Keyring, signer: LinkSigner,
+                 registry: CollectorRegistry) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.keyring = keyring
+        self.signer = signer
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.http = httpx.AsyncClient(timeout=settings.gateway_timeout_seconds)
+        self.guards = {channel: ProviderGuard(channel, settings) for channel in CHANNELS}
+        self.outcomes = Counter("tthc_notifications_total", "Notification attempts by channel and outcome",
+                                ["channel", "outcome"], registry=registry)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="deliverer")
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.http.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await self.deliver_due():
+                    pass
+            except (OSError, asyncpg.PostgresError):
+                log.exception("delivery round failed")
+            self.wake.clear()
+            now = time.monotonic()
+            # Back as soon as a rate-limited or cooling provider may take a message again.
+            waits = [w for guard in self.guards.values() if (w := guard.wait(now)) > 0]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), min([1.0, *waits]))
+
+    async def deliver_due(self) -> int:
+        """One round: optional messages to citizens who opted out are set aside, then each provider sends what
+        is due, as much as its rate limit and circuit allow. Returns how many messages were handled."""
+        suppressed = await self.pool.fetch(
+            f"UPDATE {SCHEMA}.deliveries d SET status = 'opted-out' FROM {SCHEMA}.opt_outs o "
+            "WHERE o.dossier_code = d.dossier_code AND NOT d.required "
+            "AND d.status IN ('queued', 'temporary-failure') RETURNING d.channel")
+        for row in suppressed:
+            self.outcomes.labels(row["channel"], "opted-out").inc()
+        handled = await asyncio.gather(*(self._deliver_channel(guard) for guard in self.guards.values()))
+        return len(suppressed) + sum(handled)
+
+    async def _deliver_channel(self, guard: ProviderGuard) -> int:
+        room = guard.room(time.monotonic())
+        if room <= 0:
+            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                f"UPDATE {SCHEMA}.deliveries d SET status = 'sending', attempts = attempts + 1 "
+                f"FROM {SCHEMA}.contacts c WHERE c.dossier_code = d.dossier_code AND (d.dossier_code, d.event_id, "
+                f"d.channel) IN (SELECT dossier_code, event_id, channel FROM {SCHEMA}.deliveries q "
+                "WHERE channel = $2 AND status IN ('queued', 'temporary-failure') AND next_attempt_at <= $1 "
+                f"AND (required OR NOT EXISTS (SELECT 1 FROM {SCHEMA}.opt_outs o "
+                "WHERE o.dossier_code = q.dossier_code)) "
+                "ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+                "RETURNING d.dossier_code, d.event_id, d.channel, d.template, d.attempts, d.context, c.sealed",
+                datetime.now(UTC), guard.channel, room,
+            )
+        for row in rows:
+            await self._send_one(row, guard)
+        return len(rows)
+
+    def _message(self, row: asyncpg.Record) -> tuple[str, str, str]:
+        """(address, subject, body), opened and rendered only now: contacts stay sealed at rest, and the links
+        that act for the dossier are never stored."""
+        code = row["dossier_code"]
+        applicant = json.loads(self.keyring.open(row["sealed"], code))
+        context = {
+            **json.loads(row["context"]),
+            "full_name": applicant["full_name"],
+            "survey_url": self.signer.url(self.settings.survey_base_url, Purpose.SURVEY, code),
+            "opt_out_url": self.signer.url(self.settings.opt_out_url, Purpose.OPT_OUT, code),
+        }
+        subject, body = render(row["template"], row["channel"], context, ascii_sms=self.settings.sms_ascii)
+        return applicant["email"] if row["channel"] == "email" else applicant["phone"], subject, body
+
+    async def _send_one(self, row: asyncpg.Record, guard: ProviderGuard) -> None:
+        key = (row["dossier_code"], row["event_id"], row["channel"])
+        channel = row["channel"]
+        try:
+            address, subject, body = self._message(row)
+        except (SealError, KeyError, ValueError) as error:
+            await self._finish(key, "permanent-failure", f"{type(error).__name__}: cannot build the message")
+            self.outcomes.labels(channel, "permanent-failure").inc()
+            return
+        started = time.monotonic()
+        if not guard.breaker.allowed(started):
+            await self._release(key)  # the circuit opened on an earlier message of this batch
+            return
+        guard.bucket.take(started)
+        guard.breaker.started(started)
+        provider_id: str | None
+        try:
+            if channel == "email":
+                provider_id = await asyncio.to_thread(self._smtp_send, address, subject, body, key)
+            else:
+                provider_id = await self._gateway_send(channel, address, body, key, row["template"])
+        except PermanentFailure as error:
+            guard.breaker.succeeded()  # the provider answered: it is up
+            await self._finish(key, "permanent-failure", str(error))
+            self.outcomes.labels(channel, "permanent-failure").inc()
+            return
+        except (OSError, smtplib.SMTPException, httpx.HTTPError, TemporaryFailure) as error:
+            now = time.monotonic()
+            guard.breaker.failed(now)
+            if isinstance(error, TemporaryFailure) and error.rate_limited:
+                guard.bucket.drain(now)
+            failed = row["attempts"] >= self.settings.max_attempts
+            status = "permanent-failure" if failed else "temporary-failure"
+            reason = str(error) if isinstance(error, TemporaryFailure) else type(error).__name__
+            await self._finish(key, status, reason, retry_in=backoff(
+                row["attempts"], self.settings.retry_base_seconds, self.settings.retry_max_seconds))
+            self.outcomes.labels(channel, status).inc()
+            return
+        guard.breaker.succeeded()
+        await self._finish(key, "delivered", None, provider_id=provider_id)
+        self.outcomes.labels(channel, "delivered").inc()
+
+    async def _gateway_send(self, channel: str, phone: str, text: str, key: tuple[str, str, str],
+                            template: str) -> str | None:
+        """SMS and Zalo ZNS go through HTTP gateways; the idempotency key lets a gateway drop a repeat. Returns
+        the gateway's id for the message, which its delivery callbacks name."""
+        url = self.settings.sms_url if channel == "sms" else self.settings.zalo_url
+        payload = {"phone": phone, "text": text, "idempotency_key": ":".join(key), "template": template}
+        reply = await self.http.post(url, json=payload)
+        if reply.status_code == 429:
+            raise TemporaryFailure(f"{channel} gateway: too many requests (429)", rate_limited=True)
+        if reply.status_code >= 500:
+            raise TemporaryFailure(f"{channel} gateway unavailable ({reply.status_code})")
+        if reply.status_code >= 400:
+            raise PermanentFailure(f"{channel} gateway refused the message ({reply.status_code})")
+        try:
+            answer = reply.json()
+        except ValueError:
+            return None
+        message_id = answer.get("message_id") if isinstance(answer, dict) else None
+        return str(message_id)[:200] if message_id else None
+
+    def _smtp_send(self, to: str, subject: str, body: str, key: tuple[str, str, str]) -> str:
+        message = EmailMessage()
+        message["From"] = self.settings.mail_from
+        message["To"] = to
+        message["Subject"] = subject
+        # Deterministic, so a resend after a crash is recognisably the same message; bounces name it. Only
+        # characters a Message-ID may hold (a colon is not one: parsers cut the id there).
+        message_id = f"<{re.sub(r'[^A-Za-z0-9._/-]', '+', '/'.join(key))}@tthc.gov.vn>"
+        message["Message-ID"] = message_id
+        message.set_content(body, charset="utf-8")
+        with smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port,
+                          timeout=self.settings.gateway_timeout_seconds) as smtp:
+            smtp.send_message(message)
+        return message_id
+
+    async def _release(self, key: tuple[str, str, str]) -> None:
+        """Back in the queue as it was, the attempt not counted: the provider was never called."""
+        await self.pool.execute(
+            f"UPDATE {SCHEMA}.deliveries SET attempts = attempts - 1, "
+            "status = CASE WHEN attempts <= 1 THEN 'queued' ELSE 'temporary-failure' END "
+            "WHERE dossier_code = $1 AND event_id = $2 AND channel = $3", *key)
+
+    async def _finish(self, key: tuple[str, str, str], status: str, error: str | None,
+                      retry_in: timedelta = timedelta(0), provider_id: str | None = None) -> None:
+        now = datetime.now(UTC)
+        await self.pool.execute(
+            f"UPDATE {SCHEMA}.deliveries SET status = $4, last_error = $5, next_attempt_at = $6, "
+            "delivered_at = CASE WHEN $4 = 'delivered' THEN $7 ELSE delivered_at END, "
+            "provider_message_id = COALESCE($8, provider_message_id) "
+            "WHERE dossier_code = $1 AND event_id = $2 AND channel = $3",
+            *key, status, error, now + retry_in, now, provider_id,
+        )
