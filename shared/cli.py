@@ -125,6 +125,17 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from services.metrics.reconcile import reconcile
+    from shared.settings import CommonSettings
+
+    differences = asyncio.run(reconcile(args.database_url or CommonSettings().database_url, args.metrics_url))
+    print(json.dumps({"differences": [asdict(d) for d in differences]}, ensure_ascii=False, indent=2, default=str))
+    return 1 if differences else 0
+
+
 def _api_keys(args: argparse.Namespace) -> int:
     from services.intake import keys
     from services.intake.app import MIGRATIONS
@@ -188,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                          help="the policy to rebuild under (a what-if)")
     rebuild.add_argument("--apply", action="store_true", help="write the rebuilt state over the live one")
     rebuild.set_defaults(handler=_replay)
+
+    check = commands.add_parser("reconcile", help="compare metrics with resolution's ground truth; exit 1 on any "
+                                "difference")
+    check.add_argument("--database-url", default=None, help="defaults to DATABASE_URL")
+    check.add_argument("--metrics-url", action="append", default=[],
+                       help="a live metrics instance's /metrics to compare too (repeat for each instance)")
+    check.set_defaults(handler=_reconcile)
 
     api_keys = commands.add_parser("api-keys", help="create, rotate or revoke a commune system's API key")
     key_actions = api_keys.add_subparsers(dest="action", required=True)

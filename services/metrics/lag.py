@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,10 @@ async def consumer_lag(bootstrap_servers: str, groups: Iterable[str]) -> dict[tu
     try:
         committed: dict[str, dict[TopicPartition, int]] = {}
         for group in groups:
-            offsets = await admin.list_consumer_group_offsets(group)
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+            except KafkaError:  # a group that has not committed yet has no coordinator to ask
+                continue
             committed[group] = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
         partitions = {tp for offsets in committed.values() for tp in offsets}
         ends = await reader.end_offsets(list(partitions)) if partitions else {}

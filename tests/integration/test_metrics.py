@@ -1,0 +1,157 @@
+"""Metrics in-process against the real broker and database: timers flipping with no event, and counts that
+neither reset nor double on a restart that reads every topic again."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.metrics.app import build_app
+from services.metrics.settings import MetricsSettings
+from shared.contract import topics
+from shared.contract.events import EventType
+from shared.contract.lifecycle import DossierLifecycleEvent, DossierState, Timeliness
+from shared.contract.rejections import RejectionReason, RejectionRecorded, Stage
+from tests.conftest import Infra
+from tests.integration.test_services import in_process, service_env
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+
+def canonical(code: str, unit: str, sequence: int, event_type: EventType, state: DossierState, *,
+              due_soon_at: datetime | None, due_at: datetime | None,
+              timeliness: Timeliness | None = None) -> DossierLifecycleEvent:
+    now = datetime.now(UTC)
+    return DossierLifecycleEvent(
+        id=f"{code}:{sequence}", dossier_code=code, sequence=sequence, event_type=event_type, occurred_at=now,
+        recorded_at=now, source="urn:tthc:test", source_event_id=str(uuid.uuid4()), procedure_code="1.001",
+        unit_code=unit, sector="ho_tich", channel="direct", state=state, status_code=2, received_at=now,
+        legal_due_at=due_at, due_soon_at=due_soon_at, appointment_at=due_at, timeliness=timeliness,
+        completed_at=now if timeliness else None, calendar_version="test", policy_version="test")
+
+
+async def publish(bootstrap: str, topic: str, values: list[tuple[str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value in values:
+            await producer.send(topic, value, key=key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def samples(text: str, name: str, **labels: str) -> float:
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def settings_for(infra: Infra, database_url: str, data_keys: str, group: str) -> MetricsSettings:
+    return MetricsSettings.model_validate({**service_env(infra, database_url, data_keys),
+                                           "METRICS_CONSUMER_GROUP": group, "METRICS_LAG_SECONDS": 2})
+
+
+async def test_open_dossiers_turn_due_soon_then_overdue_with_no_event(infra: Infra, database_url: str,
+                                                                      data_keys: str) -> None:
+    unit = f"U{uuid.uuid4().hex[:8]}"  # a unit of its own: other tests' traffic shares this broker
+    settings = settings_for(infra, database_url, data_keys, f"metrics-{uuid.uuid4().hex[:6]}")
+    async with in_process(build_app(settings), "metrics") as client:
+        async def owning() -> bool:
+            text = (await client.get("/metrics")).text
+            return samples(text, "tthc_metrics_partitions_owned", topic=topics.LIFECYCLE) == 3
+
+        await eventually(owning, 60, what="the lifecycle partitions assigned")
+        start = datetime.now(UTC)
+        soon, due = start + timedelta(seconds=10), start + timedelta(seconds=16)
+        events = [canonical(f"F{n}-{unit}", unit, 1, EventType.RECEIVED, DossierState.RECEIVED,
+                            due_soon_at=soon, due_at=due) for n in range(3)]
+        await publish(infra.bootstrap_servers, topics.LIFECYCLE,
+                      [(event.dossier_code, event.model_dump_json().encode()) for event in events])
+
+        async def in_state(state: str) -> str | None:
+            text = (await client.get("/metrics")).text
+            return text if samples(text, "tthc_dossiers_open", unit=unit, state=state) == 3 else None
+
+        # Each state is seen only at or after its instant: nothing but the clock moved it.
+        await eventually(lambda: in_state("on_track"), 60, what="three on-track dossiers")
+        text = await eventually(lambda: in_state("due_soon"), 60, what="the flip to due soon")
+        assert datetime.now(UTC) >= soon
+        assert samples(text, "tthc_dossiers_open", unit=unit, state="on_track") == 0
+        await eventually(lambda: in_state("overdue"), 60, what="the flip to overdue")
+        assert datetime.now(UTC) > due
+        assert samples(text, "tthc_oldest_open_dossier_age_seconds", unit=unit) > 0
+
+
+async def test_a_restart_reading_every_topic_again_counts_nothing_twice(infra: Infra, database_url: str,
+                                                                        data_keys: str) -> None:
+    unit = f"U{uuid.uuid4().hex[:8]}"
+    open_for_long = datetime.now(UTC) + timedelta(days=30)
+    lifecycle = []
+    for n in range(20):
+        code = f"R{n}-{unit}"
+        lifecycle.append(canonical(code, unit, 1, EventType.RECEIVED, DossierState.RECEIVED,
+                                   due_soon_at=open_for_long, due_at=open_for_long))
+        if n % 2:
+            lifecycle.append(canonical(code, unit, 2, EventType.RESOLVED, DossierState.RESOLVED,
+                                       due_soon_at=None, due_at=open_for_long, timeliness=Timeliness.EARLY))
+    lifecycle += lifecycle[:5]  # resent: resolution's outbox may publish an event twice
+    marker = f"unreadable-{unit}"
+    refusals = [RejectionRecorded(rejection_id=str(uuid.uuid4()), stage=Stage.INTAKE,
+                                  reason=RejectionReason.UNKNOWN_UNIT, detail=marker,
+                                  rejected_at=datetime.now(UTC)) for _ in range(4)]
+    await publish(infra.bootstrap_servers, topics.LIFECYCLE,
+                  [(event.dossier_code, event.model_dump_json().encode()) for event in lifecycle])
+    await publish(infra.bootstrap_servers, topics.REJECTIONS,
+                  [(unit, refusal.model_dump_json().encode()) for refusal in refusals])
+    rejections_on_topic = await count_rejections(infra.bootstrap_servers)
+
+    async def counted(client_text: str) -> bool:
+        return (samples(client_text, "tthc_dossiers_received_total", unit=unit) == 20
+                and samples(client_text, "tthc_dossiers_completed_total", unit=unit, timeliness="early") == 10
+                and samples(client_text, "tthc_dossiers_open", unit=unit) == 10
+                and samples(client_text, "tthc_rejections_total", reason="unknown_unit")
+                >= rejections_on_topic["unknown_unit"])
+
+    async def settled(client: httpx.AsyncClient, group: str) -> str | None:
+        text = (await client.get("/metrics")).text
+        caught_up = "tthc_consumer_lag{" in text and samples(text, "tthc_consumer_lag", group=group) == 0
+        return text if caught_up and await counted(text) else None
+
+    first: dict[str, float] = {}
+    for round_ in range(2):
+        # A new consumer group each time: the second instance reads both topics from the beginning again.
+        settings = settings_for(infra, database_url, data_keys, f"metrics-{uuid.uuid4().hex[:6]}")
+        async with in_process(build_app(settings), "metrics") as client:
+            text = await eventually(partial(settled, client, settings.consumer_group), 90,
+                                    what="every record counted")
+            totals = {reason.value: samples(text, "tthc_rejections_total", reason=reason.value)
+                      for reason in RejectionReason}
+            if round_ == 0:
+                first = totals
+            else:
+                assert totals == first
+            assert samples(text, "tthc_dossiers_received_total", unit=unit) == 20
+            assert samples(text, "tthc_dossiers_completed_total", unit=unit) == 10
+
+
+async def count_rejections(bootstrap: str) -> Counter[str]:
+    consumer = AIOKafkaConsumer(topics.REJECTIONS, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id=None)
+    await consumer.start()
+    found: Counter[str] = Counter()
+    try:
+        while batches := await consumer.getmany(timeout_ms=1000):
+            for records in batches.values():
+                found.update(json.loads(record.value)["reason"] for record in records)
+        return found
+    finally:
+        await consumer.stop()
