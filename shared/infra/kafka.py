@@ -58,7 +58,10 @@ def ensure_kafka_jars() -> Path:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # As Kafka's own Uuid.randomUuid: an id starting with '-' would be read as an option by the storage tool.
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+        pass
+    return cluster_id
 
 
 @dataclass

@@ -78,7 +78,10 @@ class Stack:
         return path.read_text().strip()
 
     def internal_token(self) -> str:
-        path = self.run_dir / "internal-token"
+        return self._secret("internal-token")
+
+    def _secret(self, name: str) -> str:
+        path = self.run_dir / name
         if not path.exists():
             path.write_text(secrets.token_urlsafe(32))
             path.chmod(0o600)
@@ -102,6 +105,8 @@ class Stack:
             "NOTIFY_ZALO_URL": f"http://127.0.0.1:{self.ports.sinks_http}/zalo",
             "NOTIFY_SURVEY_BASE_URL": f"http://127.0.0.1:{self.ports.notify}/khao-sat",
             "NOTIFY_LOOKUP_BASE_URL": f"http://127.0.0.1:{self.ports.resolution}/tra-cuu",
+            # What the SMS and Zalo gateways present on their delivery reports.
+            "NOTIFY_CALLBACK_SECRET": self._secret("provider-callback-secret"),
             "PYTHONUNBUFFERED": "1",
         }
 
