@@ -45,6 +45,7 @@ e2e: setup tools
 # Measurements, not tests: results land in bench/results/ (see docs/performance.md).
 bench: setup
 	@$(VENV)/bin/python -m bench.resolution_throughput
+	@$(VENV)/bin/python -m bench.metrics_memory
 
 clean:
 	rm -rf .run

@@ -9,7 +9,6 @@ database), updated after each commit, and timers flip open dossiers to due soon 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -29,6 +28,7 @@ from services.metrics.liveboard import LIVEBOARD_HTML
 from services.metrics.series import ExportedState, Totals
 from services.metrics.settings import MetricsSettings
 from services.metrics.store import SCHEMA, OwnershipMoved, PartitionState
+from services.metrics.timers import run_timers
 from services.metrics.tracker import OpenDossiers
 from shared.contract import topics
 from shared.contract.lifecycle import DossierLifecycleEvent
@@ -130,27 +130,6 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     owners = {topic: Ownership(topic, take, drop) for topic in (topics.LIFECYCLE, topics.REJECTIONS)}
     exported.owned = {topic: owner.epochs for topic, owner in owners.items()}
 
-    async def run_timers() -> None:
-        """Fire flips at their instants; every `sweep_seconds`, re-derive every state as a safety net."""
-        next_sweep = time.monotonic() + settings.sweep_seconds
-        while True:
-            now = time.time()
-            tracker.advance(now)
-            if time.monotonic() >= next_sweep:
-                codes = tracker.codes()
-                corrected = 0
-                for start in range(0, len(codes), 20_000):
-                    corrected += tracker.sweep(codes[start:start + 20_000], time.time())
-                    await asyncio.sleep(0)
-                if corrected:
-                    log.warning("sweep corrected %d open dossiers the timers had missed", corrected)
-                next_sweep = time.monotonic() + settings.sweep_seconds
-            upcoming = tracker.next_instant()
-            delay = settings.sweep_seconds if upcoming is None else min(settings.sweep_seconds, upcoming - now)
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), max(delay, 0.0))
-
     timers: list[asyncio.Task[None]] = []
 
     async def watch_lag() -> None:
@@ -162,7 +141,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
             await asyncio.sleep(settings.lag_seconds)
 
     async def start_timers() -> None:
-        timers.append(asyncio.create_task(run_timers()))
+        timers.append(asyncio.create_task(run_timers(tracker, wake, settings.sweep_seconds)))
         timers.append(asyncio.create_task(watch_lag()))
 
     async def stop_timers() -> None:

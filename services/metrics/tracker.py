@@ -131,7 +131,9 @@ class OpenDossiers:
         corrected = 0
         for code in codes:
             entry = self._entries.get(code)
-            if entry is not None and state_at(entry.kind, entry.due_soon, entry.due, now) != entry.state:
+            if entry is None or (entry.armed is not None and entry.armed <= now):
+                continue  # gone, or its timer is due and fires at the next advance
+            if state_at(entry.kind, entry.due_soon, entry.due, now) != entry.state:
                 self._count(entry, -1)
                 self._settle(code, entry, now)
                 corrected += 1

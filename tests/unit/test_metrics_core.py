@@ -78,11 +78,17 @@ def test_counts_by_unit_and_sector_always_sum_to_the_open_dossiers() -> None:
     assert sum(tracker.by_unit.values()) == len(tracker)
 
 
-def test_the_sweep_corrects_a_state_the_timers_never_fired() -> None:
+def test_the_sweep_corrects_a_state_no_timer_will_fix_and_leaves_due_timers_to_fire() -> None:
     tracker = OpenDossiers()
-    tracker.put("A", 0, PLACE, "running", T0, due_soon=T0 + 10, due=T0 + 20, now=T0)
-    assert tracker.sweep(["A"], T0 + 30) == 1
+    # The wall clock stepped back after the dossier was judged overdue: no timer is armed to undo that.
+    tracker.put("A", 0, PLACE, "running", T0, due_soon=T0 + 10, due=T0 + 20, now=T0 + 30)
     assert states(tracker) == {"overdue": 1}
+    assert tracker.sweep(["A"], T0) == 1
+    assert states(tracker) == {"on_track": 1}
+    # A timer already due is the next advance's to fire, not a miss.
+    assert tracker.sweep(["A"], T0 + 15) == 0
+    assert tracker.advance(T0 + 15).count == 1
+    assert states(tracker) == {"due_soon": 1}
 
 
 def test_oldest_open_dossier_per_unit_skips_closed_ones() -> None:
