@@ -173,6 +173,27 @@ class Stack:
     def kill_process(self, name: str) -> None:
         kill_group(self.processes.pop(name))
 
+    async def restart_service(self, name: str) -> None:
+        """SIGKILL a service and start it again until it answers ready (fault drills)."""
+        self.kill_process(name)
+        self.start_service(name)
+        await self.wait_ready(name)
+
+    async def restart_kafka(self) -> None:
+        """Stop the stack's own broker and start it again on the same ports and data (fault drills)."""
+        if self.kafka is None:
+            raise RuntimeError("the broker is not this stack's own: it cannot be restarted")
+        await asyncio.to_thread(self.kafka.stop)
+        await asyncio.to_thread(self.kafka.start)
+        await self.kafka.wait_ready()
+
+    async def restart_postgres(self) -> None:
+        """Stop the stack's own PostgreSQL (fast shutdown) and start it again on the same data and port."""
+        if self.postgres is None:
+            raise RuntimeError("the database server is not this stack's own: it cannot be restarted")
+        await asyncio.to_thread(self.postgres.stop)
+        await asyncio.to_thread(self.postgres.start)
+
     def stop(self) -> None:
         for name in ("simulator", *SERVICES, "sinks"):
             self.stop_process(name)
