@@ -95,7 +95,7 @@ class Deliverer:
             try:
                 while await self.deliver_due():
                     pass
-            except (OSError, asyncpg.PostgresError):
+            except Exception:  # e.g. a database restart (asyncpg's InterfaceError too): the loop must live on
                 log.exception("delivery round failed")
             self.wake.clear()
             now = time.monotonic()
@@ -237,10 +237,18 @@ class Deliverer:
     async def _finish(self, key: tuple[str, str, str], status: str, error: str | None,
                       retry_in: timedelta = timedelta(0), provider_id: str | None = None) -> None:
         now = datetime.now(UTC)
-        await self.pool.execute(
-            f"UPDATE {SCHEMA}.deliveries SET status = $4, last_error = $5, next_attempt_at = $6, "
-            "delivered_at = CASE WHEN $4 = 'delivered' THEN $7 ELSE delivered_at END, "
-            "provider_message_id = COALESCE($8, provider_message_id) "
-            "WHERE dossier_code = $1 AND event_id = $2 AND channel = $3",
-            *key, status, error, now + retry_in, now, provider_id,
-        )
+        # The provider has answered and only this process knows it: a write lost to a database restart would
+        # leave the row `sending` until notify restarts, and then send it again. So wait the database out.
+        while True:
+            try:
+                await self.pool.execute(
+                    f"UPDATE {SCHEMA}.deliveries SET status = $4, last_error = $5, next_attempt_at = $6, "
+                    "delivered_at = CASE WHEN $4 = 'delivered' THEN $7 ELSE delivered_at END, "
+                    "provider_message_id = COALESCE($8, provider_message_id) "
+                    "WHERE dossier_code = $1 AND event_id = $2 AND channel = $3",
+                    *key, status, error, now + retry_in, now, provider_id,
+                )
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
+                log.warning("could not record the outcome of %s; retrying", ":".join(key), exc_info=True)
+                await asyncio.sleep(1.0)
