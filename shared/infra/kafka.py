@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -126,7 +127,7 @@ class LocalKafka:
         if not (self.state_dir / "data" / "meta.properties").exists():
             subprocess.run(
                 [*self._java(libs), "kafka.tools.StorageTool", "format", "--standalone",
-                 "-t", _cluster_id(), "-c", str(config)],
+                 "-t", _cluster_id(), "-c", str(config), *self._format_options()],
                 check=True, stdout=subprocess.DEVNULL,
             )
         with self.log_file.open("ab") as log:
@@ -144,11 +145,19 @@ class LocalKafka:
         while True:
             if self._process is not None and self._process.poll() is not None:
                 raise KafkaStartError(f"Kafka exited with {self._process.returncode}:\n{self.log_tail()}")
-            if await broker_answers(self.bootstrap_servers):
+            if await broker_answers(self.bootstrap_servers, **self.client_options()):
                 return
             if time.monotonic() > deadline:
                 raise KafkaStartError(f"Kafka not ready after {timeout}s:\n{self.log_tail()}")
             await asyncio.sleep(0.5)
+
+    def _format_options(self) -> list[str]:
+        """More `StorageTool format` arguments: a secured broker (shared/infra/secure_kafka.py) adds its users."""
+        return []
+
+    def client_options(self) -> dict[str, Any]:
+        """aiokafka arguments for an administrator's client; none on the plaintext listener."""
+        return {}
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_file.exists():
@@ -166,10 +175,10 @@ class LocalKafka:
         kill_group(self._process)
 
 
-async def broker_answers(bootstrap_servers: str) -> bool:
+async def broker_answers(bootstrap_servers: str, **options: Any) -> bool:
     # aiokafka logs each refused connection at error level; while waiting for a start, those are expected.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000, **options)
     try:
         await admin.start()
         await admin.list_topics()
