@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.catalog import Catalog
@@ -19,7 +20,7 @@ from shared.contract.events import (
     parse_cloudevent,
 )
 from shared.contract.lifecycle import EventAccepted
-from shared.contract.rejections import EventRefused, RejectionReason, RejectionRecorded, Stage
+from shared.contract.rejections import EventRefused, FieldProblem, RejectionReason, RejectionRecorded, Stage
 from shared.crypto import Keyring
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -27,30 +28,52 @@ MAX_BATCH_EVENTS = 1000
 
 
 MAX_JSON_DEPTH = 32
+TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+# json.loads lets U+0000 and unpaired surrogates through (as \u escapes, and surrogates even UTF-8-encoded, which
+# it decodes with "surrogatepass"), but PostgreSQL's text and jsonb refuse U+0000 and UTF-8 cannot encode a lone
+# surrogate: neither may travel on. Only a body with such bytes (or in UTF-16 or -32, whose bytes hold zeros)
+# can hold one, so other bodies skip the look at every string.
+UNSTORABLE = "JSON strings may not hold U+0000 or an unpaired surrogate (\\ud800-\\udfff)"
+_SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})|\xed[\xa0-\xbf]|\x00")
 
 
-def _depth_within(value: Any, limit: int) -> bool:
+def _unstorable(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_tree(value: Any, limit: int, strings: bool) -> None:
+    """Nesting within `limit` levels and, when `strings`, every key and string storable."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict | list):
             if depth > limit:
-                return False
+                raise EventRefused(RejectionReason.MALFORMED_JSON, TOO_DEEP)
+            if strings and isinstance(item, dict) and any(_unstorable(key) for key in item):
+                raise EventRefused(RejectionReason.MALFORMED_JSON, UNSTORABLE)
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return True
+        elif strings and isinstance(item, str) and _unstorable(item):
+            raise EventRefused(RejectionReason.MALFORMED_JSON, UNSTORABLE)
 
 
 def decode_json(raw: bytes) -> Any:
-    """JSON with at most MAX_JSON_DEPTH levels of nesting (a batch adds one)."""
-    too_deep = EventRefused(RejectionReason.MALFORMED_JSON, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    """JSON with at most MAX_JSON_DEPTH levels of nesting (a batch adds one) whose strings can be stored."""
     try:
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise EventRefused(RejectionReason.MALFORMED_JSON, f"not JSON: {error}") from None
     except RecursionError:
-        raise too_deep from None
-    if not _depth_within(value, MAX_JSON_DEPTH + 1):
-        raise too_deep
+        raise EventRefused(RejectionReason.MALFORMED_JSON, TOO_DEEP) from None
+    except ValueError:
+        # Python refuses to convert integers of more than sys.get_int_max_str_digits() digits (CVE-2020-10735).
+        raise EventRefused(RejectionReason.MALFORMED_JSON, "a JSON number has too many digits") from None
+    _check_tree(value, MAX_JSON_DEPTH + 1, strings=_SUSPECT.search(raw) is not None)
     return value
 
 
@@ -63,9 +86,27 @@ def check_references(event: IncomingEvent, catalog: Catalog) -> None:
         raise EventRefused(RejectionReason.UNKNOWN_UNIT, f"unknown unit {data.unit_code!r}")
 
 
+# Dossier codes carry the receipt day as YYMMDD of 20YY; an instant outside those years is a typo or an attack,
+# and near the ends of what a datetime holds, date arithmetic (minting a code, a deadline) would overflow.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+OUT_OF_RANGE = "must fall within the years 2000 to 2099"
+
+
+def check_times(event: IncomingEvent) -> None:
+    if not EARLIEST <= event.occurred_at < LATEST:
+        raise EventRefused(RejectionReason.INVALID_ENVELOPE, f"time {OUT_OF_RANGE}",
+                           [FieldProblem(field="time", problem=OUT_OF_RANGE)])
+    for name, value in event.data:
+        if isinstance(value, datetime) and not EARLIEST <= value < LATEST:
+            raise EventRefused(RejectionReason.INVALID_DATA, f"data.{name} {OUT_OF_RANGE}",
+                               [FieldProblem(field=f"data.{name}", problem=OUT_OF_RANGE)])
+
+
 def screen(value: Any, catalog: Catalog) -> IncomingEvent:
     """One decoded JSON value, checked as a lifecycle event against the contract and the catalog."""
     event = parse_cloudevent(value)
+    check_times(event)
     check_references(event, catalog)
     return event
 
