@@ -147,9 +147,10 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
         if content_type == BATCH_TYPE or isinstance(value, list):
             values = value if isinstance(value, list) else [value]
             if not 1 <= len(values) <= domain.MAX_BATCH_EVENTS:
-                return JSONResponse({"status": "rejected", "reason": RejectionReason.INVALID_ENVELOPE.value,
-                                     "detail": f"a batch holds 1 to {domain.MAX_BATCH_EVENTS} events"},
-                                    status_code=422)
+                # Refused as one input, so that it is counted and published like every other refusal.
+                return await answer([Item(bytes(body), refusal=EventRefused(
+                    RejectionReason.INVALID_ENVELOPE, f"a batch holds 1 to {domain.MAX_BATCH_EVENTS} events"))],
+                    False)
             return await answer([Item.from_value(v) for v in values], True)
         return await answer([Item.from_value(value)], False)
 
