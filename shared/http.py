@@ -43,7 +43,8 @@ def service_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication)
+        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication,
+                            settings=settings)
         await database.open()
         try:
             await on_start()

@@ -10,24 +10,56 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.message import StreamMessage
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from prometheus_client import CollectorRegistry
 
 from shared.contract import topics
+from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
+_SASL = {"SCRAM-SHA-512": SASLScram512, "SCRAM-SHA-256": SASLScram256, "PLAIN": SASLPlaintext}
 
-def make_broker(bootstrap_servers: str, *, registry: CollectorRegistry, app_name: str) -> KafkaBroker:
+
+def client_options(settings: CommonSettings | None) -> dict[str, Any]:
+    """The aiokafka keyword arguments that authenticate a client as configured; none on a plaintext cluster,
+    so every client there is built exactly as without security settings."""
+    if settings is None or settings.kafka_security_protocol == "PLAINTEXT":
+        return {}
+    assert settings.kafka_sasl_password is not None  # the settings refuse SASL without credentials
+    options: dict[str, Any] = {
+        "security_protocol": settings.kafka_security_protocol, "sasl_mechanism": settings.kafka_sasl_mechanism,
+        "sasl_plain_username": settings.kafka_sasl_username,
+        "sasl_plain_password": settings.kafka_sasl_password.get_secret_value(),
+    }
+    if settings.kafka_security_protocol == "SASL_SSL":
+        options["ssl_context"] = create_ssl_context()
+    return options
+
+
+def broker_security(settings: CommonSettings | None) -> BaseSecurity | None:
+    """The same credentials as FastStream's security object, which it also documents in the AsyncAPI spec."""
+    options = client_options(settings)
+    if not options:
+        return None
+    return _SASL[options["sasl_mechanism"]](options["sasl_plain_username"], options["sasl_plain_password"],
+                                            ssl_context=options.get("ssl_context"))
+
+
+def make_broker(bootstrap_servers: str, *, registry: CollectorRegistry, app_name: str,
+                settings: CommonSettings | None = None) -> KafkaBroker:
     return KafkaBroker(
         bootstrap_servers,
         enable_idempotence=True,
         graceful_timeout=15.0,
         middlewares=(KafkaPrometheusMiddleware(registry=registry, app_name=app_name),),
         logger=log,
+        security=broker_security(settings),
     )
 
 
@@ -66,19 +98,24 @@ def batch_subscriber(broker: KafkaBroker, topic: str, *, group_id: str, max_reco
     return register
 
 
-def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
+def make_producer(bootstrap_servers: str, settings: CommonSettings | None = None) -> AIOKafkaProducer:
     """An idempotent producer: a retried send is written once, and per-partition order holds."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers, enable_idempotence=True, linger_ms=5,
-        max_batch_size=256 * 1024,
+        max_batch_size=256 * 1024, **client_options(settings),
     )
 
 
 async def ensure_topics(
-    bootstrap_servers: str, partitions: int, replication: int = 1, names: tuple[str, ...] = topics.ALL
+    bootstrap_servers: str, partitions: int, replication: int = 1, names: tuple[str, ...] = topics.ALL,
+    settings: CommonSettings | None = None,
 ) -> None:
-    """Create the contract's topics where they are missing; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    """Create the contract's topics where they are missing; existing ones are left as they are.
+
+    On a secured cluster a service's principal may not create topics (nor see those it does not use): the
+    broker refuses those creations in its answer, which is not an error here, since the cluster's
+    administrator creates the topics."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

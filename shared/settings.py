@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 
 class CommonSettings(BaseSettings):
@@ -18,3 +23,18 @@ class CommonSettings(BaseSettings):
     topic_replication: int = Field(default=1, ge=1, validation_alias="TTHC_TOPIC_REPLICATION")
     host: str = Field(default="127.0.0.1", validation_alias="TTHC_BIND_HOST")
     log_level: str = Field(default="INFO", validation_alias="TTHC_LOG_LEVEL")
+    # A secured cluster: each service connects as its own principal, whose ACLs allow only what it does.
+    kafka_security_protocol: KafkaSecurityProtocol = Field(default="PLAINTEXT",
+                                                           validation_alias="KAFKA_SECURITY_PROTOCOL")
+    kafka_sasl_mechanism: KafkaSaslMechanism = Field(default="SCRAM-SHA-512", validation_alias="KAFKA_SASL_MECHANISM")
+    kafka_sasl_username: str | None = Field(default=None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(default=None, validation_alias="KAFKA_SASL_PASSWORD")
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> CommonSettings:
+        # Caught at start-up rather than as an authentication failure the clients would retry forever.
+        if self.kafka_security_protocol.startswith("SASL") and not (
+                self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs KAFKA_SASL_USERNAME "
+                             "and KAFKA_SASL_PASSWORD")
+        return self

@@ -71,7 +71,7 @@ def procedure_view(procedure: Procedure) -> dict[str, Any]:
 def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
     registry = CollectorRegistry()
-    broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="intake")
+    broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="intake", settings=settings)
     metrics = IntakeMetrics(registry)
     reference = ReferenceSource()
     if settings.data_keys is None:
@@ -85,7 +85,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)
 
     async def on_start() -> None:
-        producer = make_producer(settings.kafka_bootstrap_servers)
+        producer = make_producer(settings.kafka_bootstrap_servers, settings)
         await producer.start()
         state["producer"] = producer
         state["keys"] = KeyCache(database.pool)

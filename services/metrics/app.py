@@ -73,7 +73,7 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
 def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     settings = settings or MetricsSettings()
     registry = CollectorRegistry()
-    broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="metrics")
+    broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="metrics", settings=settings)
     reference = ReferenceSource()
     database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)
     instance = f"metrics-{uuid.uuid4().hex[:8]}"
@@ -135,7 +135,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     async def watch_lag() -> None:
         while True:
             try:
-                exported.lag = await consumer_lag(settings.kafka_bootstrap_servers, settings.lag_groups)
+                exported.lag = await consumer_lag(settings.kafka_bootstrap_servers, settings.lag_groups, settings)
             except Exception:  # the broker may be restarting: the next round tries again
                 log.warning("could not read consumer lag", exc_info=True)
             await asyncio.sleep(settings.lag_seconds)

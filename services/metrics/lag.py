@@ -9,13 +9,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from shared.kafka import client_options
+from shared.settings import CommonSettings
+
 log = logging.getLogger(__name__)
 
 
-async def consumer_lag(bootstrap_servers: str, groups: Iterable[str]) -> dict[tuple[str, str], int]:
+async def consumer_lag(bootstrap_servers: str, groups: Iterable[str],
+                       settings: CommonSettings | None = None) -> dict[tuple[str, str], int]:
     """(group, topic) -> records not yet committed by the group, over every partition it has committed in."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(settings))
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **client_options(settings))
     await admin.start()
     await reader.start()
     try:

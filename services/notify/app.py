@@ -49,7 +49,7 @@ class DeliveryReport(BaseModel):
 def build_app(settings: NotifySettings | None = None) -> FastAPI:
     settings = settings or NotifySettings()
     registry = CollectorRegistry()
-    broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="notify")
+    broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="notify", settings=settings)
     reference = ReferenceSource()
     if settings.data_keys is None:
         raise SystemExit("TTHC_DATA_KEYS is required: notify opens sealed contacts to send messages")

@@ -33,7 +33,7 @@ MIGRATIONS = PROJECT_ROOT / "services" / "resolution" / "migrations"
 def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
     settings = settings or ResolutionSettings()
     registry = CollectorRegistry()
-    broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="resolution")
+    broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="resolution", settings=settings)
     reference = ReferenceSource(Policy(supplement_mode=settings.supplement_mode))
     judged = Counter("tthc_resolution_events_total", "Accepted events judged by resolution, by verdict",
                      ["verdict"], registry=registry)
@@ -45,7 +45,7 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
     database = ServiceDatabase(settings.database_url, store.SCHEMA, MIGRATIONS, max_size=8)
 
     async def on_start() -> None:
-        producer = make_producer(settings.kafka_bootstrap_servers)
+        producer = make_producer(settings.kafka_bootstrap_servers, settings)
         await producer.start()
         relay = OutboxRelay(database.pool, producer, registry, batch=settings.relay_batch)
         if settings.relay_enabled:
