@@ -129,27 +129,35 @@ class IntakePipeline:
                 rejections.append(domain.rejection(refusal, payload=item.payload, envelope=envelope, now=now))
                 outcomes[index] = Outcome(Status.REJECTED, envelope.event_id, envelope.subject, refusal.reason,
                                           refusal.detail, refusal.problems)
-        async with self.pool.acquire() as conn, conn.transaction():
-            if principal is not None and candidates:
-                candidates = await self._authorized(conn, principal, items, candidates, outcomes, rejections, now)
-            sends: list[Awaitable[Any]] = [
-                await self.producer.send(topics.REJECTIONS, rejection.model_dump_json().encode(),
-                                         key=(rejection.subject or rejection.source or "").encode() or None)
-                for rejection in rejections
-            ]
-            await store.audit(conn, [r for r in rejections if r.reason in AUTH_REASONS],
-                              principal.key_id if principal else None)
-            if candidates:
-                sends += await self._pass_on(conn, catalog, candidates, outcomes, now)
-            # Committed only once Kafka has every accepted event: a crash before this line leaves the
-            # events unrecorded, so the sender's retry passes them on again (resolution dedupes).
-            await asyncio.gather(*sends)
+        if not candidates and not any(r.reason in AUTH_REASONS for r in rejections):
+            # Nothing to authorise, dedupe or audit: a flood of malformed input never reaches the database.
+            await asyncio.gather(*[await self._publish(rejection) for rejection in rejections])
+        else:
+            async with self.pool.acquire() as conn, conn.transaction():
+                if principal is not None and candidates:
+                    candidates = await self._authorized(conn, principal, items, candidates, outcomes, rejections,
+                                                        now)
+                sends = [await self._publish(rejection) for rejection in rejections]
+                await store.audit(conn, [r for r in rejections if r.reason in AUTH_REASONS],
+                                  principal.key_id if principal else None)
+                if candidates:
+                    sends += await self._pass_on(conn, catalog, candidates, outcomes, now)
+                # Committed only once Kafka has every accepted event: a crash before this line leaves the
+                # events unrecorded, so the sender's retry passes them on again (resolution dedupes).
+                await asyncio.gather(*sends)
         for outcome in outcomes:
             assert outcome is not None
             self.metrics.events.labels(outcome.status.value, channel).inc()
             if outcome.reason:
                 self.metrics.rejections.labels(outcome.reason).inc()
         return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _publish(self, rejection: RejectionRecorded) -> Awaitable[Any]:
+        """Hands `rejection` to the producer; the returned future completes when Kafka has it."""
+        sent: Awaitable[Any] = await self.producer.send(
+            topics.REJECTIONS, rejection.model_dump_json().encode(),
+            key=(rejection.subject or rejection.source or "").encode() or None)
+        return sent
 
     async def _authorized(self, conn: Connection, principal: Principal, items: Sequence[Item],
                           candidates: list[tuple[int, IncomingEvent]],
