@@ -1,7 +1,8 @@
 """Chaos under load: each service SIGKILLed in turn, the Kafka broker restarted, PostgreSQL restarted, while a
 commune system keeps sending lifecycles through intake's HTTP API. Afterwards a reconciliation proves that every
 event intake acknowledged is in resolution exactly once, metrics equal resolution's truth, every message owed
-was sent exactly once, and every rejection was deserved.
+was sent once (a notify kill may leave one copy per channel, under the same id, for the provider to drop), and
+every rejection was deserved.
 
 The stack owns its broker and database server (both are restarted). One round of faults by default;
 TTHC_SOAK_SECONDS=600 repeats rounds under load for that long (`make soak`).
