@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.catalog import Catalog
+from shared.contract.dossier_code import InvalidDossierCode, validate_dossier_code
 from shared.contract.events import (
     EventType,
     IncomingEvent,
@@ -181,7 +182,16 @@ class Envelope:
             item = value.get(name)
             return item[:256] if isinstance(item, str) else None
 
-        return cls(text("id"), text("source"), text("subject"), text("type"))
+        return cls(text("id"), text("source"), _dossier_code(value.get("subject")), text("type"))
+
+
+def _dossier_code(subject: Any) -> str | None:
+    """`subject` when it is a dossier code. Anything else may be what a commune typed into the wrong field (an
+    ID number, a name), which must not travel on in the refusal, nor key it on the rejections topic."""
+    try:
+        return validate_dossier_code(subject) if isinstance(subject, str) else None
+    except InvalidDossierCode:
+        return None
 
 
 def rejection(refusal: EventRefused, *, payload: bytes, envelope: Envelope, now: datetime,
