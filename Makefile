@@ -5,7 +5,7 @@ VENV := .venv
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.synced
 
-.PHONY: run test setup tools lint typecheck unit integration e2e bench clean
+.PHONY: run test setup tools lint typecheck unit integration e2e bench soak clean
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --quiet --disable-pip-version-check "uv==0.13.9"; }
@@ -46,6 +46,11 @@ e2e: setup tools
 bench: setup
 	@$(VENV)/bin/python -m bench.resolution_throughput
 	@$(VENV)/bin/python -m bench.metrics_memory
+
+# Fault injection for longer: every service SIGKILLed in turn, the broker and PostgreSQL restarted, round after
+# round under load for TTHC_SOAK_SECONDS (default 600), then the same reconciliation as the suite's chaos test.
+soak: setup
+	@TTHC_SOAK_SECONDS=$${TTHC_SOAK_SECONDS:-600} $(VENV)/bin/pytest tests/e2e/test_chaos.py -s
 
 clean:
 	rm -rf .run
