@@ -14,12 +14,13 @@ topics, in the database and in the mail, and the personal data in the providers'
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import secrets
 import unicodedata
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -224,6 +225,22 @@ async def table_rows(database_url: str) -> list[tuple[str, str]]:
         await conn.close()
 
 
+async def _fail_a_statement_with(database_url: str, text: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        with contextlib.suppress(asyncpg.DataError):
+            await conn.execute(f"SELECT '{text}'::integer")
+    finally:
+        await conn.close()
+
+
+def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def wrapped() -> bool:
+        return check()
+
+    return wrapped
+
+
 # ---------------------------------------------------------------------------------------------------- test
 
 
@@ -333,6 +350,12 @@ async def test_personal_data_reaches_the_citizen_and_appears_nowhere_else(
     for where, text in rows:
         scanner.scan(where, text)
     logs = list(log_files(stack, tmp_path_factory.getbasetemp()))
+    server_log = next((path for path in logs if path.name == "postgres.log"), None)
+    if server_log is not None:
+        # PostgreSQL logs a failing statement with its text: the marker must then be found in the logs.
+        await _fail_a_statement_with(stack.database_url, marker)
+        await eventually(_async(lambda: marker.encode() in server_log.read_bytes()), 15,
+                         what="PostgreSQL logging the failed statement")
     for path in logs:
         scanner.scan(f"log:{path.relative_to(path.parents[1])}", path.read_bytes())
     for service in SERVICES:  # the services' own logs were among them, written while they ran
@@ -342,6 +365,8 @@ async def test_personal_data_reaches_the_citizen_and_appears_nowhere_else(
 
     # The scan looked where the data would be: the marker is on the topics, in the tables and in the mail.
     probe = Scanner([Needle("marker", spellings(marker))])
+    if server_log is not None:
+        assert probe.find("log", server_log.read_bytes()), "the scan of the logs would not find the marker"
     for label, haystack in (("topics", records), ("tables", rows)):
         assert any(probe.find(where, content) for where, content in haystack), f"the marker is not in the {label}"
     # And the data did go in: sealed where it is kept, in plaintext only at the citizen's providers.
