@@ -61,6 +61,9 @@ def platform_acls(communes: Iterable[str], *, intake: str = "intake", resolution
              *(Acl(metrics, "GROUP", group, "DESCRIBE") for group in (intake, resolution, notify)),
              *(Acl(metrics, "TOPIC", topic, "DESCRIBE") for topic in (topics.INGRESS, topics.ACCEPTED))]
     acls += [Acl(notify, "TOPIC", topics.LIFECYCLE, "READ"), Acl(notify, "GROUP", notify, "READ")]
+    # FastStream starts an idempotent producer in every broker, and its start asks for a producer id, which
+    # needs WRITE on some topic or this: it grants ids only, never a write.
+    acls += [Acl(user, "CLUSTER", "kafka-cluster", "IDEMPOTENT_WRITE") for user in (metrics, notify)]
     return acls
 
 
