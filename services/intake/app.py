@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from services.intake import domain, store
+from services.intake.ingress import signed_runs
 from services.intake.keys import KeyCache
 from services.intake.pipeline import IntakeMetrics, IntakePipeline, Item, Outcome, Status
 from services.intake.settings import IntakeSettings
@@ -109,7 +110,8 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     async def on_ingress(records: Records) -> None:
         # Bytes as the commune sent them: a malformed record must be refused with a reason, not crash the
         # decoder and stall the partition.
-        await pipeline().process([Item.from_bytes(record.value or b"") for record in records], channel="kafka")
+        for principal, items in await signed_runs(state["keys"], records, settings.require_signed_ingress):
+            await pipeline().process(items, channel="kafka", principal=principal)
 
     @app.post(
         "/v1/events",

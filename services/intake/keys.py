@@ -40,6 +40,15 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def record_signature(api_key: str, payload: bytes) -> tuple[str, bytes] | None:
+    """(key id, HMAC-SHA256 of `payload`) with which a commune signs an ingress record: the key is the stored
+    digest of the API key's secret, so intake can verify without holding the secret itself."""
+    parts = split(api_key)
+    if parts is None:
+        return None
+    return parts[0], hmac.new(_digest(parts[1]), payload, hashlib.sha256).digest()
+
+
 def new_key() -> tuple[str, str, bytes]:
     """(key id, the key as given to the commune, digest to store)."""
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
@@ -113,6 +122,14 @@ class KeyCache:
                     self._missing.clear()
                 self._missing[key_id] = now
         return self._keys.get(key_id)
+
+    async def verify(self, key_id: str, signature: bytes, payload: bytes) -> Principal | None:
+        """The principal whose active key made `signature` over `payload`, or None."""
+        stored = await self._lookup(key_id)
+        if stored is None or not hmac.compare_digest(
+                signature, hmac.new(stored.digest, payload, hashlib.sha256).digest()):
+            return None
+        return stored.principal
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
         if not authorization or not authorization.startswith("Bearer "):
