@@ -15,11 +15,11 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
-from services.notify import pages, stats
+from services.notify import due, pages, stats
 from services.notify.delivery import Deliverer
 from services.notify.guard import BreakerState
 from services.notify.links import LinkSigner, Purpose
-from services.notify.messages import CHANNELS, owed
+from services.notify.messages import CHANNELS, WEBHOOK, owed
 from services.notify.settings import NotifySettings
 from shared.contract import topics
 from shared.contract.events import EventType
@@ -54,6 +54,8 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
     if settings.data_keys is None:
         raise SystemExit("TTHC_DATA_KEYS is required: notify opens sealed contacts to send messages")
     keyring = Keyring.parse(settings.data_keys.get_secret_value())
+    if (settings.unit_webhooks or settings.default_webhook_url) and settings.webhook_secret is None:
+        raise SystemExit("NOTIFY_WEBHOOK_SECRET is required: webhooks are signed so that communes can verify them")
     signer = LinkSigner(keyring)
     state: dict[str, Any] = {"snapshot": stats.Snapshot()}
 
@@ -90,6 +92,41 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
                 state["snapshot"] = await stats.read(conn)
         return await call_next(request)
 
+    async def schedule_due_alert(conn: Any, event: DossierLifecycleEvent, now: datetime,
+                                 procedure_name: str) -> None:
+        """Upsert or cancel the dossier's waiting due-soon alert (services/notify/due.py); only the newest event
+        of a dossier decides, so a repeat or a replayed older event changes nothing."""
+        newest = await conn.fetchval(
+            f"INSERT INTO {SCHEMA}.due_alert_clocks VALUES ($1, $2) ON CONFLICT (dossier_code) DO UPDATE "
+            "SET sequence = EXCLUDED.sequence WHERE due_alert_clocks.sequence < EXCLUDED.sequence RETURNING true",
+            event.dossier_code, event.sequence)
+        if not newest:
+            return
+        plan = due.plan(event, now, procedure_name)
+        await conn.execute(
+            f"UPDATE {SCHEMA}.deliveries SET status = 'cancelled', last_error = $3 WHERE dossier_code = $1 "
+            f"AND channel = '{WEBHOOK}' AND event_id LIKE '{due.PREFIX}%' AND event_id IS DISTINCT FROM $2 "
+            "AND status IN ('queued', 'temporary-failure')",
+            event.dossier_code, plan.keep, f"cancelled by {event.id} ({event.event_type.value})")
+        alert = plan.schedule
+        if alert is None or settings.webhook_url(event.unit_code) is None:
+            return
+        # A waiting alert takes the dossier as it now stands; a cancelled one for this same due instant comes
+        # back (the due instant moved there again); one sent or being sent stays as it is: once only.
+        await conn.execute(
+            f"INSERT INTO {SCHEMA}.deliveries AS d (dossier_code, event_id, channel, template, status, "
+            "next_attempt_at, context, created_at, required) "
+            f"VALUES ($1, $2, '{WEBHOOK}', $3, 'queued', $4, $5::jsonb, $6, true) "
+            "ON CONFLICT (dossier_code, event_id, channel) DO UPDATE SET context = EXCLUDED.context, "
+            "status = CASE WHEN d.status = 'cancelled' THEN 'queued' ELSE d.status END, "
+            "attempts = CASE WHEN d.status = 'cancelled' THEN 0 ELSE d.attempts END, "
+            "last_error = CASE WHEN d.status = 'cancelled' THEN NULL ELSE d.last_error END, "
+            "next_attempt_at = CASE WHEN d.status = 'cancelled' THEN EXCLUDED.next_attempt_at "
+            "ELSE d.next_attempt_at END "
+            "WHERE d.status IN ('cancelled', 'queued', 'temporary-failure')",
+            event.dossier_code, alert.event_id, due.TEMPLATE, alert.not_before,
+            json.dumps(alert.context, ensure_ascii=False), now)
+
     @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=500)
     async def on_lifecycle(records: Records) -> None:
         events = [DossierLifecycleEvent.model_validate_json(r.value) for r in records if r.value]
@@ -107,8 +144,9 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
                         f"INSERT INTO {SCHEMA}.surveys (dossier_code, unit_code, invited_at) VALUES ($1, $2, $3) "
                         "ON CONFLICT DO NOTHING", event.dossier_code, event.unit_code, now)
                 procedure = reference.current.catalog.procedures.get(event.procedure_code)
-                for item in owed(event, event.notify_via, procedure.name_vi if procedure else event.procedure_code,
-                                 settings.lookup_base_url):
+                procedure_name = procedure.name_vi if procedure else event.procedure_code
+                await schedule_due_alert(conn, event, now, procedure_name)
+                for item in owed(event, event.notify_via, procedure_name, settings.lookup_base_url):
                     await conn.execute(
                         f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, "
                         "next_attempt_at, context, created_at, required) "
@@ -122,8 +160,9 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
     async def notifications(dossier: str) -> list[dict[str, Any]]:
         rows = await database.pool.fetch(
             f"SELECT event_id, channel, template, status, required, attempts, created_at, delivered_at, "
-            f"provider_status, provider_reported_at FROM {SCHEMA}.deliveries WHERE dossier_code = $1 "
-            "ORDER BY created_at, channel", dossier)
+            f"provider_status, provider_reported_at, next_attempt_at FROM {SCHEMA}.deliveries "
+            # A cancelled due-soon alert was never owed: the dossier closed or its due instant moved first.
+            "WHERE dossier_code = $1 AND status <> 'cancelled' ORDER BY created_at, channel", dossier)
         return [dict(row) for row in rows]
 
     @app.post("/v1/notifications/callbacks/{channel}", summary="A provider reports what became of a message")

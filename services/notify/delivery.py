@@ -17,9 +17,10 @@ import asyncpg
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
+from services.notify import webhook
 from services.notify.guard import CircuitBreaker, TokenBucket
 from services.notify.links import LinkSigner, Purpose
-from services.notify.messages import CHANNELS, render
+from services.notify.messages import CHANNELS, WEBHOOK, render
 from services.notify.settings import NotifySettings
 from shared.crypto import Keyring, SealError
 
@@ -76,7 +77,7 @@ class Deliverer:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.http = httpx.AsyncClient(timeout=settings.gateway_timeout_seconds)
-        self.guards = {channel: ProviderGuard(channel, settings) for channel in CHANNELS}
+        self.guards = {channel: ProviderGuard(channel, settings) for channel in (*CHANNELS, WEBHOOK)}
         self.outcomes = Counter("tthc_notifications_total", "Notification attempts by channel and outcome",
                                 ["channel", "outcome"], registry=registry)
 
@@ -120,6 +121,19 @@ class Deliverer:
         room = guard.room(time.monotonic())
         if room <= 0:
             return 0
+        if guard.channel == WEBHOOK:
+            # To a unit's system, not a citizen: no contact to open, no opt-out to honour.
+            rows = await self.pool.fetch(
+                f"UPDATE {SCHEMA}.deliveries d SET status = 'sending', attempts = attempts + 1 "
+                "WHERE (d.dossier_code, d.event_id, d.channel) IN (SELECT dossier_code, event_id, channel "
+                f"FROM {SCHEMA}.deliveries q WHERE channel = $2 AND status IN ('queued', 'temporary-failure') "
+                "AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+                "RETURNING d.dossier_code, d.event_id, d.channel, d.template, d.attempts, d.context",
+                datetime.now(UTC), guard.channel, room,
+            )
+            for row in rows:
+                await self._send_one(row, guard)
+            return len(rows)
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 f"UPDATE {SCHEMA}.deliveries d SET status = 'sending', attempts = attempts + 1 "
@@ -154,7 +168,10 @@ class Deliverer:
         key = (row["dossier_code"], row["event_id"], row["channel"])
         channel = row["channel"]
         try:
-            address, subject, body = self._message(row)
+            if channel == WEBHOOK:
+                address, subject, body = self._webhook_message(row)
+            else:
+                address, subject, body = self._message(row)
         except (SealError, KeyError, ValueError) as error:
             await self._finish(key, "permanent-failure", f"{type(error).__name__}: cannot build the message")
             self.outcomes.labels(channel, "permanent-failure").inc()
@@ -169,6 +186,8 @@ class Deliverer:
         try:
             if channel == "email":
                 provider_id = await asyncio.to_thread(self._smtp_send, address, subject, body, key)
+            elif channel == WEBHOOK:
+                provider_id = await self._webhook_send(address, body)
             else:
                 provider_id = await self._gateway_send(channel, address, body, key, row["template"])
         except PermanentFailure as error:
@@ -199,12 +218,37 @@ class Deliverer:
         url = self.settings.sms_url if channel == "sms" else self.settings.zalo_url
         payload = {"phone": phone, "text": text, "idempotency_key": ":".join(key), "template": template}
         reply = await self.http.post(url, json=payload)
+        return self._answer(f"{channel} gateway", reply)
+
+    def _webhook_message(self, row: asyncpg.Record) -> tuple[str, str, str]:
+        """(unit's URL, "", JSON payload): the URL looked up now, so a changed setting applies to what waits."""
+        context = json.loads(row["context"])
+        url = self.settings.webhook_url(context["unit_code"])
+        if url is None:
+            raise ValueError("no webhook URL for this unit")
+        if self.settings.webhook_secret is None:
+            raise ValueError("no webhook secret")
+        key = ":".join((row["dossier_code"], row["event_id"], row["channel"]))
+        return url, "", json.dumps(webhook.payload(row["template"], context, key), ensure_ascii=False)
+
+    async def _webhook_send(self, url: str, payload: str) -> str | None:
+        """Signed now (the timestamp is the send's); the body is the same on every retry."""
+        secret = self.settings.webhook_secret
+        if secret is None:
+            raise PermanentFailure("no webhook secret to sign with (NOTIFY_WEBHOOK_SECRET)")
+        raw, headers = webhook.request(secret.get_secret_value().encode(), int(time.time()), json.loads(payload))
+        reply = await self.http.post(url, content=raw, headers=headers)
+        return self._answer("unit webhook", reply)
+
+    @staticmethod
+    def _answer(provider: str, reply: httpx.Response) -> str | None:
+        """The provider's id for the message, if it gave one; its refusals as failures to retry or not."""
         if reply.status_code == 429:
-            raise TemporaryFailure(f"{channel} gateway: too many requests (429)", rate_limited=True)
+            raise TemporaryFailure(f"{provider}: too many requests (429)", rate_limited=True)
         if reply.status_code >= 500:
-            raise TemporaryFailure(f"{channel} gateway unavailable ({reply.status_code})")
+            raise TemporaryFailure(f"{provider} unavailable ({reply.status_code})")
         if reply.status_code >= 400:
-            raise PermanentFailure(f"{channel} gateway refused the message ({reply.status_code})")
+            raise PermanentFailure(f"{provider} refused the message ({reply.status_code})")
         try:
             answer = reply.json()
         except ValueError:

@@ -29,6 +29,8 @@ TEMPLATE_FOR: dict[EventType, str] = {
     EventType.RESULT_RETURNED: "result_returned",
 }
 CHANNELS = ("email", "sms", "zalo")
+# The handling unit's own system (services/notify/webhook.py); never a citizen's channel.
+WEBHOOK = "webhook"
 TEMPLATE_VERSION = "2026.11.2"
 # What the citizen must be told whatever they chose (Decree 61/2018): the receipt (art. 17.2), a supplement
 # request (art. 19.4), an apology with the new appointment (art. 19.9), a refusal with its reason, and a
@@ -78,7 +80,9 @@ def owed(event: DossierLifecycleEvent, notify_via: list[str], procedure_name: st
 
 def render(template: str, channel: str, context: dict[str, Any], *, ascii_sms: bool = False) -> tuple[str, str]:
     """(subject, body). Email templates hold the subject, `---`, then the body; SMS and Zalo share a short one,
-    without diacritics for SMS gateways that need it."""
+    without diacritics for SMS gateways that need it; a webhook's message is one paragraph."""
+    if channel == WEBHOOK:
+        return "", " ".join(_env.get_template(f"{template}.webhook.j2").render(**context).split())
     if channel == "email":
         text = _env.get_template(f"{template}.email.j2").render(**context)
         subject, _, body = text.partition("\n---\n")

@@ -26,14 +26,24 @@ class NotifySettings(CommonSettings):
     retry_max_seconds: float = 600.0
     gateway_timeout_seconds: float = 10.0
     # Sends per second and burst per provider (their contracts cap them), e.g. NOTIFY_RATE_PER_SECOND='{"sms": 5}'.
-    rate_per_second: dict[str, float] = Field(default_factory=lambda: {"email": 20.0, "sms": 10.0, "zalo": 10.0})
-    rate_burst: dict[str, int] = Field(default_factory=lambda: {"email": 20, "sms": 10, "zalo": 10})
+    rate_per_second: dict[str, float] = Field(
+        default_factory=lambda: {"email": 20.0, "sms": 10.0, "zalo": 10.0, "webhook": 10.0})
+    rate_burst: dict[str, int] = Field(default_factory=lambda: {"email": 20, "sms": 10, "zalo": 10, "webhook": 10})
     # After this many temporary failures in a row a provider is left alone for the cool-down, then probed.
     breaker_threshold: int = 5
     breaker_cool_down_seconds: float = 30.0
     # Providers' delivery callbacks must send it as `Authorization: Bearer ...`; unset, callbacks are refused.
     callback_secret: SecretStr | None = None
     survey_comment_max_chars: int = 2000
+    # Each handling unit's own system gets due-soon alerts at its URL, e.g.
+    # NOTIFY_UNIT_WEBHOOKS='{"07420": "https://motcua.xa.example.vn/tthc"}'; units not listed get the default,
+    # if any; with neither, a unit gets no alerts. Requests are signed with the secret (HMAC-SHA256).
+    unit_webhooks: dict[str, str] = Field(default_factory=dict)
+    default_webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+
+    def webhook_url(self, unit_code: str) -> str | None:
+        return self.unit_webhooks.get(unit_code) or self.default_webhook_url
 
     @property
     def opt_out_url(self) -> str:

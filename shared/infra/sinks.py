@@ -1,7 +1,8 @@
 """Stand-ins for the providers notify talks to, so a person can read every message the platform sends.
 
-SMTP (aiosmtpd) keeps every mail as an .eml file; an HTTP server plays the SMS and Zalo gateways and shows
-everything received at `/` (Vietnamese) and `/api/messages` (JSON).
+SMTP (aiosmtpd) keeps every mail as an .eml file; an HTTP server plays the SMS and Zalo gateways and a
+commune's system (`POST /webhook`, kept with its raw body and signature headers so they can be checked), and
+shows everything received at `/` (Vietnamese) and `/api/messages` (JSON).
 
 Tests make the gateways misbehave the way real ones do: `POST /api/faults` with
 `{"channel": "sms", "status": 503, "times": 3}` answers the next three SMS requests with 503 (429 for rate
@@ -56,6 +57,17 @@ def read_mail(folder: Path) -> list[dict[str, Any]]:
     return mails
 
 
+WEBHOOK_HEADERS = ("content-type", "x-tthc-timestamp", "x-tthc-signature", "idempotency-key")
+
+
+def read_webhooks(folder: Path) -> list[dict[str, Any]]:
+    """Every request `POST /webhook` took: headers, raw body (what the signature covers) and parsed payload."""
+    log = folder / "webhook.jsonl"
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
+
+
 class FaultPlan(BaseModel):
     channel: str
     status: int | None = Field(default=None, ge=400, le=599)
@@ -73,13 +85,11 @@ class _Fault:
 def gateway_app(folder: Path) -> FastAPI:
     app = FastAPI(title="Message sinks")
     gateway_log = folder / "gateway.jsonl"
+    webhook_log = folder / "webhook.jsonl"
     faults: dict[str, _Fault] = {}
     attempts: defaultdict[str, list[float]] = defaultdict(list)
 
-    @app.post("/sms")
-    @app.post("/zalo")
-    async def gateway(request: Request) -> JSONResponse:
-        channel = request.url.path.strip("/")
+    async def misbehave(channel: str) -> JSONResponse | None:
         attempts[channel].append(time.time())
         fault = faults.get(channel)
         if fault is not None:
@@ -90,12 +100,32 @@ def gateway_app(folder: Path) -> FastAPI:
                 await asyncio.sleep(fault.delay)  # plays a slow provider: the caller's timeout decides
             if fault.status is not None:
                 return JSONResponse({"error": "simulated failure"}, status_code=fault.status)
+        return None
+
+    @app.post("/sms")
+    @app.post("/zalo")
+    async def gateway(request: Request) -> JSONResponse:
+        channel = request.url.path.strip("/")
+        if (failed := await misbehave(channel)) is not None:
+            return failed
         message_id = uuid.uuid4().hex
         entry = {"channel": channel, "received_at": datetime.now(UTC).isoformat(), "message_id": message_id,
                  "payload": await request.json()}
         with gateway_log.open("a", encoding="utf-8") as file:
             file.write(json.dumps(entry, ensure_ascii=False) + "\n")
         return JSONResponse({"status": "accepted", "message_id": message_id})
+
+    @app.post("/webhook")
+    async def commune_system(request: Request) -> JSONResponse:
+        if (failed := await misbehave("webhook")) is not None:
+            return failed
+        raw = await request.body()
+        entry = {"channel": "webhook", "received_at": datetime.now(UTC).isoformat(),
+                 "headers": {name: request.headers.get(name, "") for name in WEBHOOK_HEADERS},
+                 "raw": raw.decode("utf-8", "replace"), "payload": json.loads(raw or b"null")}
+        with webhook_log.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        return JSONResponse({"status": "accepted"})
 
     @app.post("/api/faults", status_code=204)
     async def add_fault(plan: FaultPlan) -> None:
@@ -116,7 +146,8 @@ def gateway_app(folder: Path) -> FastAPI:
 
     @app.get("/api/messages")
     async def messages() -> dict[str, Any]:
-        return {"mail": read_mail(folder / "mail"), "gateway": gateway_messages()}
+        return {"mail": read_mail(folder / "mail"), "gateway": gateway_messages(),
+                "webhook": read_webhooks(folder)}
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -126,10 +157,14 @@ def gateway_app(folder: Path) -> FastAPI:
         )
         others = "".join(f"<pre>{html.escape(json.dumps(g, ensure_ascii=False))}</pre>"
                          for g in reversed(gateway_messages()))
+        alerts = "".join(f"<pre>{html.escape(json.dumps(w['payload'], ensure_ascii=False, indent=1))}</pre>"
+                         for w in reversed(read_webhooks(folder)))
         return ("<!doctype html><html lang='vi'><meta charset='utf-8'><title>Hộp thư thử nghiệm</title>"
                 "<meta http-equiv='refresh' content='10'><body style='font-family:sans-serif;max-width:60em'>"
                 f"<h1>Thư điện tử đã gửi (email)</h1>{rows or '<p>Chưa có thư.</p>'}"
-                f"<h1>Tin nhắn SMS / Zalo</h1>{others or '<p>Chưa có tin nhắn.</p>'}</body></html>")
+                f"<h1>Tin nhắn SMS / Zalo</h1>{others or '<p>Chưa có tin nhắn.</p>'}"
+                f"<h1>Cảnh báo gửi hệ thống một cửa (webhook)</h1>{alerts or '<p>Chưa có cảnh báo.</p>'}"
+                "</body></html>")
 
     return app
 

@@ -107,6 +107,9 @@ class Stack:
             "NOTIFY_LOOKUP_BASE_URL": f"http://127.0.0.1:{self.ports.resolution}/tra-cuu",
             # What the SMS and Zalo gateways present on their delivery reports.
             "NOTIFY_CALLBACK_SECRET": self._secret("provider-callback-secret"),
+            # Every unit's due-soon alerts go to the sinks' stand-in for a commune's system, signed with this.
+            "NOTIFY_DEFAULT_WEBHOOK_URL": f"http://127.0.0.1:{self.ports.sinks_http}/webhook",
+            "NOTIFY_WEBHOOK_SECRET": self._secret("unit-webhook-secret"),
             "PYTHONUNBUFFERED": "1",
         }
 
