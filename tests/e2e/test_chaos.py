@@ -243,8 +243,9 @@ async def resolution_events(stack: Stack, codes: list[str]) -> tuple[dict[str, l
 async def deliveries(stack: Stack) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(stack.database_url)
     try:
+        # Citizens' messages only: due-soon alerts to the units' webhooks are scheduled and cancelled with time.
         return list(await conn.fetch("SELECT dossier_code, event_id, channel, template, status, provider_message_id "
-                                     "FROM notify.deliveries"))
+                                     "FROM notify.deliveries WHERE channel <> 'webhook'"))
     finally:
         await conn.close()
 

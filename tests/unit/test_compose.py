@@ -96,8 +96,10 @@ def env_names(settings: type[BaseSettings]) -> set[str]:
 
 
 def _direct_env() -> set[str]:
-    """Variables the code reads with os.environ / os.getenv outside the settings classes (paths, the CLI)."""
-    sources = [*(PROJECT_ROOT / "shared").rglob("*.py"), *(PROJECT_ROOT / "services").rglob("*.py")]
+    """Variables the code reads with os.environ / os.getenv outside the settings classes (paths, the CLI, the
+    tests' knobs such as the soak length)."""
+    sources = [*(PROJECT_ROOT / "shared").rglob("*.py"), *(PROJECT_ROOT / "services").rglob("*.py"),
+               *(PROJECT_ROOT / "tests").rglob("*.py")]
     return {name for path in sources for name in _DIRECT_READ.findall(path.read_text(encoding="utf-8"))}
 
 
