@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from prometheus_client import CollectorRegistry, Counter
+from pydantic import ValidationError
 
 from services.resolution import lookup, store
 from services.resolution.judge import judge, needs_history
@@ -19,6 +22,7 @@ from services.resolution.settings import ResolutionSettings
 from shared.clock.policy import Policy
 from shared.contract import topics
 from shared.contract.lifecycle import EventAccepted
+from shared.contract.rejections import RejectionReason, RejectionRecorded, Stage
 from shared.crypto import Keyring
 from shared.db import ServiceDatabase
 from shared.http import service_app
@@ -65,7 +69,13 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
     @batch_subscriber(broker, topics.ACCEPTED, group_id=settings.consumer_group, max_records=settings.max_batch,
                       consumers=settings.consumers)
     async def on_accepted(records: Records) -> None:
-        events = [EventAccepted.model_validate_json(record.value) for record in records if record.value]
+        events: list[EventAccepted] = []
+        unreadable: list[bytes] = []
+        for record in records:
+            try:
+                events.append(EventAccepted.model_validate_json(record.value or b""))
+            except ValidationError:
+                unreadable.append(record.value or b"")  # refused below: retrying it would stall the partition
         now = datetime.now(UTC)
         async with database.pool.acquire() as conn, conn.transaction():
             seen = await store.judged_keys(conn, [(e.source, e.id) for e in events])
@@ -80,9 +90,10 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
             histories = await store.histories(conn, sorted(late)) if late else {}
             current = reference.current
             verdicts = judge(fresh, dossiers, histories, catalog=current.catalog, clock_for=current.clock_for, now=now)
+            verdicts.outbox.extend((topics.REJECTIONS, "", unreadable_refusal(value, now)) for value in unreadable)
             await store.write(conn, verdicts, now)
         judged.labels("accepted").inc(verdicts.accepted)
-        judged.labels("refused").inc(verdicts.refused)
+        judged.labels("refused").inc(verdicts.refused + len(unreadable))
         judged.labels("duplicate").inc(len(events) - len(fresh))
 
     @app.get("/v1/dossiers/{code}", summary="A dossier's state, dates and timeline")
@@ -123,3 +134,11 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
                             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
     return app
+
+
+def unreadable_refusal(value: bytes, now: datetime) -> bytes:
+    """A record on the accepted topic that is not an accepted event (only intake should write there)."""
+    return RejectionRecorded(
+        rejection_id=str(uuid.uuid4()), stage=Stage.RESOLUTION, reason=RejectionReason.INVALID_ENVELOPE,
+        detail="not an accepted event", payload_sha256=hashlib.sha256(value).hexdigest(), rejected_at=now,
+    ).model_dump_json().encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -150,7 +151,7 @@ async def test_resolution_folds_dedupes_refuses_and_publishes(resolution: httpx.
     producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers)
     await producer.start()
     try:
-        for payload in (received, received,  # a redelivery changes nothing
+        for payload in (b"{not an accepted event", received, received,  # a redelivery changes nothing
                         accepted(EventType.APOLOGY_ISSUED, code, {"reason": "Chờ xác minh",
                                                                    "new_appointment_at": "2099-01-01T17:00:00+07:00"}),
                         accepted(EventType.RESULT_RETURNED, code, {}),  # not resolved yet: impossible
@@ -176,6 +177,12 @@ async def test_resolution_folds_dedupes_refuses_and_publishes(resolution: httpx.
     assert len(refused) == 1
     assert refused[0]["reason"] == "impossible_transition"
     assert refused[0]["dossier_state"] == "received"
+    # The unreadable record ahead of them on the partition was refused, not retried for ever.
+    digest = hashlib.sha256(b"{not an accepted event").hexdigest()
+    unreadable = await records(infra.bootstrap_servers, topics.REJECTIONS,
+                               lambda r: r.get("payload_sha256") == digest, 1)
+    assert unreadable[0]["reason"] == "invalid_envelope"
+    assert unreadable[0]["stage"] == "resolution"
     assert (await resolution.get("/v1/dossiers/000.00.24.07420-261125-0000")).status_code == 404
 
 
