@@ -19,6 +19,9 @@ class CommonSettings(BaseSettings):
     # Shared by the services for their internal HTTP calls; when unset those endpoints are open (development).
     internal_token: SecretStr | None = Field(default=None, validation_alias="TTHC_INTERNAL_TOKEN")
     data_keys: SecretStr | None = Field(default=None, validation_alias="TTHC_DATA_KEYS")
+    # The key-encryption key that unwraps `id:wrapped:...` entries of TTHC_DATA_KEYS (shared/crypto.py).
+    master_key: SecretStr | None = Field(default=None, validation_alias="TTHC_MASTER_KEY")
+    master_key_file: str | None = Field(default=None, validation_alias="TTHC_MASTER_KEY_FILE")
     topic_partitions: int = Field(default=6, ge=1, validation_alias="TTHC_TOPIC_PARTITIONS")
     topic_replication: int = Field(default=1, ge=1, validation_alias="TTHC_TOPIC_REPLICATION")
     host: str = Field(default="127.0.0.1", validation_alias="TTHC_BIND_HOST")

@@ -23,7 +23,7 @@ from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
 from shared.contract.events import CloudEvent
 from shared.contract.rejections import EventRefused, RejectionReason
-from shared.crypto import Keyring
+from shared.crypto import keyring_from_settings
 from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
@@ -75,9 +75,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="intake", settings=settings)
     metrics = IntakeMetrics(registry)
     reference = ReferenceSource()
-    if settings.data_keys is None:
-        raise SystemExit("TTHC_DATA_KEYS is required: intake seals applicants' personal data")
-    keyring = Keyring.parse(settings.data_keys.get_secret_value())
+    keyring = keyring_from_settings(settings, "intake seals applicants' personal data")
     state: dict[str, Any] = {}
 
     def pipeline() -> IntakePipeline:

@@ -24,7 +24,7 @@ from services.notify.settings import NotifySettings
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent
-from shared.crypto import Keyring
+from shared.crypto import keyring_from_settings
 from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
@@ -51,9 +51,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
     registry = CollectorRegistry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="notify", settings=settings)
     reference = ReferenceSource()
-    if settings.data_keys is None:
-        raise SystemExit("TTHC_DATA_KEYS is required: notify opens sealed contacts to send messages")
-    keyring = Keyring.parse(settings.data_keys.get_secret_value())
+    keyring = keyring_from_settings(settings, "notify opens sealed contacts to send messages")
     if (settings.unit_webhooks or settings.default_webhook_url) and settings.webhook_secret is None:
         raise SystemExit("NOTIFY_WEBHOOK_SECRET is required: webhooks are signed so that communes can verify them")
     signer = LinkSigner(keyring)

@@ -1,10 +1,10 @@
 """Links in citizens' messages that act for one dossier (answer its survey, stop its optional notices).
 
 A link carries the dossier code and an HMAC of it, so nobody can act for a dossier whose message they did
-not receive, and nothing has to be stored to check it. The HMAC keys are derived (HKDF) from the data
-keyring: the sealing key signs, every key in the ring verifies, so a link in an old message keeps working
-through a key rotation until the old key leaves the ring. Each purpose has its own derived key: a survey
-link cannot be replayed as an opt-out.
+not receive, and nothing has to be stored to check it. The HMAC keys are derived (HKDF, `Keyring.subkeys`)
+from the data keyring, the same whether its keys are configured wrapped or plain: the sealing key signs,
+every key in the ring verifies, so a link in an old message keeps working through a key rotation until the
+old key leaves the ring. Each purpose has its own derived key: a survey link cannot be replayed as an opt-out.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import hashlib
 import hmac
 from enum import StrEnum
 from urllib.parse import quote
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared.crypto import Keyring
 
@@ -28,14 +25,9 @@ class Purpose(StrEnum):
     OPT_OUT = "opt-out"
 
 
-def _derive(key: bytes, purpose: Purpose) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=f"tthc notify link v1 {purpose.value}".encode()).derive(key)
-
-
 class LinkSigner:
     def __init__(self, keyring: Keyring) -> None:
-        self._keys = {purpose: [_derive(key, purpose) for _, key in keyring.keys] for purpose in Purpose}
+        self._keys = {purpose: keyring.subkeys(f"tthc notify link v1 {purpose.value}") for purpose in Purpose}
 
     @staticmethod
     def _mac(key: bytes, code: str) -> str:

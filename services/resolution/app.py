@@ -23,7 +23,7 @@ from shared.clock.policy import Policy
 from shared.contract import topics
 from shared.contract.lifecycle import EventAccepted
 from shared.contract.rejections import RejectionReason, RejectionRecorded, Stage
-from shared.crypto import Keyring
+from shared.crypto import keyring_from_settings
 from shared.db import ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
@@ -42,9 +42,7 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
     judged = Counter("tthc_resolution_events_total", "Accepted events judged by resolution, by verdict",
                      ["verdict"], registry=registry)
     state: dict[str, Any] = {}
-    if settings.data_keys is None:
-        raise SystemExit("TTHC_DATA_KEYS is required: the look-up page checks the applicant's ID digits")
-    keyring = Keyring.parse(settings.data_keys.get_secret_value())
+    keyring = keyring_from_settings(settings, "the look-up page checks the applicant's ID digits")
 
     database = ServiceDatabase(settings.database_url, store.SCHEMA, MIGRATIONS, max_size=8)
 
