@@ -183,7 +183,8 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
                 "procedures": [procedure_view(p) for p in catalog.procedures.values()]}
 
     @app.get("/v1/procedures/{code}/deadline",
-             summary="The appointment a counter prints for a receipt instant, with the explanation")
+             summary="The appointment a counter prints for a receipt instant, with the explanation",
+             responses={404: {"description": "no such procedure or unit"}})
     async def deadline(code: str, received_at: datetime, unit: str | None = None) -> dict[str, Any]:
         current = reference.current
         procedure = current.catalog.procedures.get(code)
