@@ -1,0 +1,502 @@
+"""Lifecycle events per second end to end, ingress-to-counter latency, and what each process of the stack costs.
+
+Starts a whole stack of its own (Kafka, PostgreSQL, sinks, intake, resolution, metrics, notify; no simulator)
+and sends realistic dossier lifecycles (the simulator's procedure mix: supplements, fees, pauses, rejections,
+withdrawals, backdated ones that finish late) to intake: over HTTP in batches, and a share (`--kafka-share`)
+as signed records on the ingress topic. Dossiers are split over lanes, each sending in order, so that no
+dossier's events overtake each other. Measures:
+
+- sustained events/s: from the first send until resolution has judged every event sent and metrics' counters
+  (tthc_dossiers_received_total, tthc_dossiers_completed_total) show every dossier received and completed;
+- latency from ingress to a visible counter: every `--probe-interval` seconds one marked dossier is received at
+  a unit no load goes to, and metrics' /metrics is polled until that unit's received counter moves;
+- CPU seconds and peak RSS of every process of the stack (children included: postgres backends, the broker's
+  JVM) and of the load generator itself;
+- in the same run the floor (bench.resolution_throughput's functions) on the same payloads.
+
+    .venv/bin/python -m bench.end_to_end --rate 1000 --seconds 60
+    .venv/bin/python -m bench.end_to_end --max --seconds 60
+
+Writes JSON and a Markdown table to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.resolution_throughput import RESULTS, consume_all, free_port, produce, raw_inserts
+from services.intake.ingress import sign
+from shared.catalog import Catalog
+from shared.clock.deadline import LOCAL_ZONE as VN
+from shared.contract import topics
+from shared.contract.events import EventType, schema_uri
+from shared.infra.stack import Ports, Stack
+from shared.simulator import SOURCE, Simulator
+
+TERMINAL = {t.cloudevents_type for t in (EventType.RESOLVED, EventType.REJECTED, EventType.WITHDRAWN)}
+RECEIVED = EventType.RECEIVED.cloudevents_type
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+FLOOR_TOPIC = "bench.floor.v1"
+FLOOR_SAMPLE = 100_000
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+class LaneSimulator(Simulator):
+    """The simulator's lifecycles with dossier codes of its own lane (no collisions between lanes)."""
+
+    def __init__(self, catalog: Catalog, rng: random.Random, lane: int) -> None:
+        super().__init__(catalog, rng)
+        self.prefix = f"{chr(65 + lane // 26)}{chr(65 + lane % 26)}"
+
+    def _code(self, unit_code: str, received: datetime) -> str:
+        key = (unit_code, received.astimezone(VN).strftime("%y%m%d"))
+        self.day_sequence[key] = self.day_sequence.get(key, 0) + 1
+        return f"000.00.24.{unit_code}-{key[1]}-{self.prefix}{self.day_sequence[key]:06d}"
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    accepted_http: int = 0
+    rejected_http: int = 0
+    sent_kafka: int = 0
+    received: int = 0
+    completed: int = 0
+    first_send: float | None = None
+    last_send: float | None = None
+    payloads: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def count(self, event: dict[str, Any], payload: bytes) -> None:
+        if event["type"] == RECEIVED:
+            self.received += 1
+        elif event["type"] in TERMINAL:
+            self.completed += 1
+        if len(self.payloads) < FLOOR_SAMPLE:
+            self.payloads.append((str(event["subject"]).encode(), payload))
+
+
+@dataclass
+class Observed:
+    judged: int = 0
+    received: int = 0
+    completed: int = 0
+    probe_received: int = 0
+
+
+def scan_metrics(text: str, probe_unit: str) -> tuple[int, int, int]:
+    """(received, completed, received at the probe unit) from a Prometheus exposition."""
+    received = completed = probe = 0
+    for line in text.splitlines():
+        if line.startswith("tthc_dossiers_received_total{"):
+            value = int(float(line.rsplit(" ", 1)[1]))
+            received += value
+            if f'unit="{probe_unit}"' in line:
+                probe += value
+        elif line.startswith("tthc_dossiers_completed_total{"):
+            completed += int(float(line.rsplit(" ", 1)[1]))
+    return received, completed, probe
+
+
+def scan_judged(text: str) -> int:
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("tthc_resolution_events_total{"))
+
+
+def counter(text: str, name: str) -> dict[str, float]:
+    return {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(name + "{")}
+
+
+# ---------------------------------------------------------------- processes: CPU and RSS from /proc
+
+def _proc_stat(pid: int) -> tuple[int, float, int] | None:
+    """(parent pid, CPU seconds, RSS bytes) of a live process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    # After the command: state(0) ppid(1) ... utime(11) stime(12) ... rss(21)
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, int(fields[21]) * PAGE
+
+
+@dataclass
+class ProcessWatch:
+    roots: dict[int, str]
+    cpu: dict[int, tuple[str, float]] = field(default_factory=dict)
+    start_cpu: dict[int, float] = field(default_factory=dict)
+    peak_rss: dict[str, int] = field(default_factory=dict)
+
+    def sample(self) -> None:
+        table: dict[int, tuple[int, float, int]] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) is not None:
+                table[int(entry.name)] = stat
+        group_of: dict[int, str] = {pid: name for pid, name in self.roots.items() if pid in table}
+        changed = True
+        while changed:
+            changed = False
+            for pid, (ppid, _, _) in table.items():
+                if pid not in group_of and ppid in group_of:
+                    group_of[pid] = group_of[ppid]
+                    changed = True
+        rss: dict[str, int] = {}
+        for pid, name in group_of.items():
+            _, cpu, resident = table[pid]
+            self.cpu[pid] = (name, cpu)
+            rss[name] = rss.get(name, 0) + resident
+        for name, value in rss.items():
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0), value)
+
+    def mark_start(self) -> None:
+        self.sample()
+        self.start_cpu = {pid: cpu for pid, (_, cpu) in self.cpu.items()}
+
+    def report(self, wall: float) -> dict[str, dict[str, float]]:
+        used: dict[str, float] = {}
+        for pid, (name, cpu) in self.cpu.items():
+            used[name] = used.get(name, 0.0) + cpu - self.start_cpu.get(pid, 0.0)
+        return {name: {"cpu_seconds": round(used.get(name, 0.0), 1),
+                       "cores": round(used.get(name, 0.0) / wall, 2) if wall else 0.0,
+                       "peak_rss_mib": round(self.peak_rss.get(name, 0) / 2**20, 1)}
+                for name in sorted(set(used) | set(self.peak_rss))}
+
+
+def postmaster_pid(stack: Stack) -> int | None:
+    if stack.postgres is None:
+        return None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((stack.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+    return None
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class Run:
+    stack: Stack
+    rate: float | None
+    seconds: float
+    lanes: int
+    batch: int
+    kafka_share: float
+    probe_interval: float
+    probe_unit: str
+    tally: Tally = field(default_factory=Tally)
+    observed: Observed = field(default_factory=Observed)
+    probes_sent: list[float] = field(default_factory=list)
+    probe_latency: list[tuple[float, float]] = field(default_factory=list)
+    timeline: list[dict[str, float]] = field(default_factory=list)
+    sending: bool = True
+    started: float = 0.0
+
+    def event_bytes(self, event: dict[str, Any]) -> bytes:
+        return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+
+    async def lane(self, number: int, client: httpx.AsyncClient, producer: AIOKafkaProducer | None,
+                   catalog: Catalog) -> None:
+        simulator = LaneSimulator(catalog, random.Random(1000 + number), number)
+        per_lane = self.rate / self.lanes if self.rate else None
+        interval = self.batch / per_lane if per_lane else 0.0
+        due = time.perf_counter()
+        while time.perf_counter() - self.started < self.seconds:
+            if interval:
+                due += interval
+            events = simulator.next_events(datetime.now(UTC), self.batch)
+            payloads = [self.event_bytes(event) for event in events]
+            now = time.perf_counter()
+            self.tally.first_send = self.tally.first_send or now
+            if producer is not None:
+                futures = [await producer.send(topics.INGRESS, payload, key=str(event["subject"]).encode(),
+                                               headers=sign(self.stack.api_key, payload))
+                           for event, payload in zip(events, payloads, strict=True)]
+                await asyncio.gather(*futures)
+                self.tally.sent_kafka += len(events)
+                counted = {str(event["id"]) for event in events}
+            else:
+                body = b"[" + b",".join(payloads) + b"]"
+                reply = await client.post("/v1/events", content=body,
+                                          headers={"content-type": "application/cloudevents-batch+json"})
+                results = reply.json().get("results", []) if reply.status_code in (202, 207) else []
+                counted = {str(event["id"]) for event, result in zip(events, results, strict=False)
+                           if result.get("status") == "accepted"}
+                self.tally.accepted_http += len(counted)
+                self.tally.rejected_http += len(events) - len(counted)
+            for event, payload in zip(events, payloads, strict=True):
+                if event["id"] in counted:
+                    self.tally.count(event, payload)
+            self.tally.sent += len(events)
+            self.tally.last_send = time.perf_counter()
+            if interval:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            else:
+                await asyncio.sleep(0)
+
+    async def probes(self, client: httpx.AsyncClient) -> None:
+        day = datetime.now(VN).strftime("%y%m%d")
+        procedure = next(iter(Catalog.load().procedures))
+        applicant = {"full_name": "Nguyễn Văn Đo", "id_number": "001234567890", "phone": "0900000000",
+                     "email": "probe@example.vn", "notify_via": ["email"]}
+        number = 0
+        while self.sending:
+            number += 1
+            event = {"specversion": "1.0", "id": f"probe-{number}", "source": SOURCE, "type": RECEIVED,
+                     "subject": f"000.00.24.{self.probe_unit}-{day}-PR{number:06d}",
+                     "time": datetime.now(UTC).isoformat(), "datacontenttype": "application/json",
+                     "dataschema": schema_uri(EventType.RECEIVED),
+                     "data": {"procedure_code": procedure, "unit_code": self.probe_unit, "channel": "online",
+                              "applicant": applicant}}
+            self.probes_sent.append(time.perf_counter())
+            reply = await client.post("/v1/events", content=self.event_bytes(event),
+                                      headers={"content-type": "application/cloudevents+json"})
+            if reply.status_code == 202:
+                self.tally.sent += 1
+                self.tally.accepted_http += 1
+                self.tally.received += 1
+            else:
+                print(f"probe refused ({reply.status_code}): {reply.text[:200]}", file=sys.stderr)
+                self.probes_sent.pop()
+            await asyncio.sleep(self.probe_interval)
+
+    async def watch_metrics(self, client: httpx.AsyncClient) -> None:
+        url = f"http://127.0.0.1:{self.stack.ports.metrics}/metrics"
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                text = (await client.get(url)).text
+                received, completed, probe = scan_metrics(text, self.probe_unit)
+                now = time.perf_counter()
+                self.observed.received, self.observed.completed = received, completed
+                while self.observed.probe_received < min(probe, len(self.probes_sent)):
+                    sent = self.probes_sent[self.observed.probe_received]
+                    self.probe_latency.append((sent - self.started, now - sent))
+                    self.observed.probe_received += 1
+            await asyncio.sleep(0.05)
+
+    async def watch_resolution(self, client: httpx.AsyncClient, processes: ProcessWatch) -> None:
+        url = f"http://127.0.0.1:{self.stack.ports.resolution}/metrics"
+        last_print = 0.0
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                self.observed.judged = scan_judged((await client.get(url)).text)
+            processes.sample()
+            now = time.perf_counter() - self.started
+            recent = [lat for at, lat in self.probe_latency if at > now - 5]
+            self.timeline.append({"t": round(now, 1), "sent": self.tally.sent, "judged": self.observed.judged,
+                                  "received": self.observed.received, "completed": self.observed.completed,
+                                  "probe_p50_5s": round(percentile(recent, 0.5), 3) if recent else -1})
+            if now - last_print >= 5:
+                last_print = now
+                phase = "sending" if self.sending else "draining"
+                print(f"  [{now:6.1f}s {phase}] sent {self.tally.sent:>8}  judged {self.observed.judged:>8}  "
+                      f"received {self.observed.received:>7}/{self.tally.received:<7} completed "
+                      f"{self.observed.completed:>7}/{self.tally.completed:<7} probe p50(5s) "
+                      f"{self.timeline[-1]['probe_p50_5s']:.3f}s", file=sys.stderr, flush=True)
+            await asyncio.sleep(1.0)
+
+    def caught_up(self) -> bool:
+        expected = self.tally.accepted_http + self.tally.sent_kafka
+        return (self.observed.judged >= expected and self.observed.received >= self.tally.received
+                and self.observed.completed >= self.tally.completed)
+
+
+async def floor(stack: Stack, records: list[tuple[bytes, bytes]], partitions: int) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(FLOOR_TOPIC, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    produce_rate = await produce(stack.bootstrap_servers, FLOOR_TOPIC, records)
+    consume_rate = await consume_all(stack.bootstrap_servers, FLOOR_TOPIC, len(records))
+    insert_rate = await raw_inserts(stack.database_url, records)
+    return {"records": len(records), "aiokafka_produce_per_s": round(produce_rate),
+            "aiokafka_consume_per_s": round(consume_rate), "asyncpg_insert_per_s": round(insert_rate)}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="tthc-e2e-bench-"))
+    stack = Stack(home, ports=Ports(*(free_port() for _ in range(9))), simulator=False, partitions=args.partitions,
+                  bootstrap_servers="", database_url="")
+    for variable in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
+        os.environ.pop(variable, None)  # a stack of its own, never a shared one
+    os.environ["TTHC_LOG_LEVEL"] = "WARNING"
+    print(f"starting a stack in {home} ...", file=sys.stderr, flush=True)
+    try:
+        await stack.start()
+        catalog = Catalog.load()
+        communes = sorted(code for code, unit in catalog.units.items() if unit.level == "commune")
+        probe_unit = communes[-1]
+        load_catalog = dataclasses.replace(catalog, units={code: unit for code, unit in catalog.units.items()
+                                                           if code != probe_unit})
+        run = Run(stack, None if args.max else args.rate, args.seconds, args.lanes, args.batch, args.kafka_share,
+                  args.probe_interval, probe_unit)
+        roots = {process.pid: name for name, process in stack.processes.items()}
+        if stack.kafka is not None and stack.kafka.pid is not None:
+            roots[stack.kafka.pid] = "kafka"
+        if (pid := postmaster_pid(stack)) is not None:
+            roots[pid] = "postgres"
+        roots[os.getpid()] = "load generator (this bench)"
+        processes = ProcessWatch(roots)
+        kafka_lanes = round(args.lanes * args.kafka_share)
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap_servers, linger_ms=5,
+                                    enable_idempotence=True) if kafka_lanes else None
+        if producer is not None:
+            await producer.start()
+        headers = {"authorization": f"Bearer {stack.api_key}"}
+        limits = httpx.Limits(max_connections=args.lanes + 4)
+        print(f"sending {'as fast as intake takes' if args.max else f'{args.rate:g} events/s'} for "
+              f"{args.seconds:g}s over {args.lanes} lanes ({kafka_lanes} over Kafka), batches of {args.batch}",
+              file=sys.stderr, flush=True)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.ports.intake}", headers=headers,
+                                     timeout=120, limits=limits) as client, \
+                httpx.AsyncClient(timeout=10) as watcher:
+            processes.mark_start()
+            run.started = time.perf_counter()
+            watchers = [asyncio.create_task(run.watch_metrics(watcher)),
+                        asyncio.create_task(run.watch_resolution(watcher, processes))]
+            probe_task = asyncio.create_task(run.probes(client))
+            await asyncio.gather(*(run.lane(n, client, producer if n < kafka_lanes else None, load_catalog)
+                                   for n in range(args.lanes)))
+            run.sending = False
+            await probe_task
+            send_end = time.perf_counter()
+            stalled_since, last_progress = time.perf_counter(), (-1, -1, -1)
+            while not run.caught_up():
+                progress = (run.observed.judged, run.observed.received, run.observed.completed)
+                if progress != last_progress:
+                    stalled_since, last_progress = time.perf_counter(), progress
+                elif time.perf_counter() - stalled_since > args.stall:
+                    print("counters stopped moving before everything sent was reflected", file=sys.stderr)
+                    break
+                await asyncio.sleep(0.1)
+            done = time.perf_counter()
+            await asyncio.sleep(1.2)  # a last sample of every process
+            for task in watchers:
+                task.cancel()
+            processes.sample()
+            intake_text = (await watcher.get(f"http://127.0.0.1:{stack.ports.intake}/metrics")).text
+            resolution_text = (await watcher.get(f"http://127.0.0.1:{stack.ports.resolution}/metrics")).text
+        if producer is not None:
+            await producer.stop()
+        first = run.tally.first_send or run.started
+        wall = done - first
+        expected = run.tally.accepted_http + run.tally.sent_kafka
+        latencies = [latency for _, latency in run.probe_latency]
+        print("measuring the floor on the same payloads ...", file=sys.stderr, flush=True)
+        floor_rates = await floor(stack, run.tally.payloads, args.partitions)
+        e2e_rate = run.observed.judged / wall if wall else float("nan")
+        return {
+            "benchmark": "end_to_end",
+            "measured_at": datetime.now(UTC).isoformat(),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+            "settings": {"mode": "max" if args.max else "rate", "rate": None if args.max else args.rate,
+                         "seconds": args.seconds, "lanes": args.lanes, "kafka_lanes": kafka_lanes,
+                         "batch": args.batch, "partitions": args.partitions, "probe_interval": args.probe_interval},
+            "sent": {"events": run.tally.sent, "accepted_http": run.tally.accepted_http,
+                     "rejected_http": run.tally.rejected_http, "over_kafka": run.tally.sent_kafka,
+                     "dossiers_received": run.tally.received, "dossiers_completed": run.tally.completed},
+            "reflected": {"judged": run.observed.judged, "received": run.observed.received,
+                          "completed": run.observed.completed, "complete": run.caught_up(),
+                          "resolution_verdicts": counter(resolution_text, "tthc_resolution_events_total"),
+                          "intake_outcomes": counter(intake_text, "tthc_intake_events_total")},
+            "send_seconds": round(send_end - first, 2),
+            "drain_seconds": round(done - send_end, 2),
+            "end_to_end_seconds": round(wall, 2),
+            "offered_events_per_s": round(run.tally.sent / (send_end - first)) if send_end > first else 0,
+            "end_to_end_events_per_s": round(e2e_rate),
+            "expected_events": expected,
+            "latency_s": {"probes": len(latencies), "sent": len(run.probes_sent),
+                          **{name: round(percentile(latencies, share), 3) if latencies else None
+                             for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))},
+                          "poll_interval": 0.05},
+            "processes": processes.report(wall),
+            "floor": floor_rates,
+            "ratios": {f"end_to_end / {name}": round(e2e_rate / value, 3)
+                       for name, value in floor_rates.items() if name != "records" and value},
+            "timeline": run.timeline,
+        }
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    settings, latency = result["settings"], result["latency_s"]
+    machine = result["machine"]
+    lines = [
+        f"# End to end, {result['measured_at'][:19]}Z",
+        "",
+        f"Machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}. Mode "
+        f"{settings['mode']}" + (f" at {settings['rate']:g} events/s" if settings["rate"] else "")
+        + f" for {settings['seconds']:g} s, {settings['lanes']} lanes ({settings['kafka_lanes']} over Kafka), "
+        f"batches of {settings['batch']}, {settings['partitions']} partitions.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| events sent (accepted by intake over HTTP / over Kafka) | {result['sent']['events']:,} "
+        f"({result['sent']['accepted_http']:,} / {result['sent']['over_kafka']:,}) |",
+        f"| offered rate | {result['offered_events_per_s']:,} events/s |",
+        f"| end to end (first send until counters reflect all) | {result['end_to_end_events_per_s']:,} events/s "
+        f"over {result['end_to_end_seconds']} s (drain {result['drain_seconds']} s) |",
+        f"| everything reflected | {result['reflected']['complete']} |",
+        f"| ingress → visible counter p50 / p95 / p99 / max ({latency['probes']} probes) | "
+        f"{latency['p50']} / {latency['p95']} / {latency['p99']} / {latency['max']} s |",
+    ]
+    for name, value in result["floor"].items():
+        if name != "records":
+            lines.append(f"| floor: {name.replace('_', ' ')} | {value:,} |")
+    for name, value in result["ratios"].items():
+        lines.append(f"| ratio {name} | {value} |")
+    lines += ["", "| process | CPU s | cores | peak RSS MiB |", "|---|---|---|---|"]
+    for name, used in result["processes"].items():
+        lines.append(f"| {name} | {used['cpu_seconds']} | {used['cores']} | {used['peak_rss_mib']} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=1000.0, help="events per second offered (ignored with --max)")
+    parser.add_argument("--max", action="store_true", help="send as fast as intake answers, for sustained throughput")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long to send")
+    parser.add_argument("--lanes", type=int, default=4, help="concurrent senders, each with its own dossiers")
+    parser.add_argument("--batch", type=int, default=100, help="events per HTTP batch")
+    parser.add_argument("--kafka-share", type=float, default=0.25, help="share of lanes sending over tthc.ingress.v1")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--probe-interval", type=float, default=0.5)
+    parser.add_argument("--stall", type=float, default=60.0, help="give up when counters stop moving this long")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    outcome = asyncio.run(main(arguments))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    (RESULTS / f"end-to-end-{stamp}.json").write_text(json.dumps(outcome, indent=2) + "\n")
+    table = markdown(outcome)
+    (RESULTS / f"end-to-end-{stamp}.md").write_text(table)
+    print(table)
+    print(f"written: bench/results/end-to-end-{stamp}.json and .md", file=sys.stderr)
