@@ -20,6 +20,7 @@ from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, DossierState, Timeliness
 from shared.contract.rejections import RejectionReason, RejectionRecorded, Stage
+from shared.kafka import ensure_topics
 from tests.conftest import Infra
 from tests.integration.test_services import in_process, service_env
 from tests.support import eventually
@@ -56,8 +57,9 @@ def samples(text: str, name: str, **labels: str) -> float:
 
 
 def settings_for(infra: Infra, database_url: str, data_keys: str, group: str) -> MetricsSettings:
+    # Field names, not environment names: model_validate reads only the common settings by their env aliases.
     return MetricsSettings.model_validate({**service_env(infra, database_url, data_keys),
-                                           "METRICS_CONSUMER_GROUP": group, "METRICS_LAG_SECONDS": 2})
+                                           "consumer_group": group, "lag_groups": [group], "lag_seconds": 2})
 
 
 async def test_open_dossiers_turn_due_soon_then_overdue_with_no_event(infra: Infra, database_url: str,
@@ -104,6 +106,7 @@ async def test_a_restart_reading_every_topic_again_counts_nothing_twice(infra: I
             lifecycle.append(canonical(code, unit, 2, EventType.RESOLVED, DossierState.RESOLVED,
                                        due_soon_at=None, due_at=open_for_long, timeliness=Timeliness.EARLY))
     lifecycle += lifecycle[:5]  # resent: resolution's outbox may publish an event twice
+    await ensure_topics(infra.bootstrap_servers, 3)
     marker = f"unreadable-{unit}"
     refusals = [RejectionRecorded(rejection_id=str(uuid.uuid4()), stage=Stage.INTAKE,
                                   reason=RejectionReason.UNKNOWN_UNIT, detail=marker,
@@ -130,6 +133,7 @@ async def test_a_restart_reading_every_topic_again_counts_nothing_twice(infra: I
     for round_ in range(2):
         # A new consumer group each time: the second instance reads both topics from the beginning again.
         settings = settings_for(infra, database_url, data_keys, f"metrics-{uuid.uuid4().hex[:6]}")
+        assert settings.consumer_group.startswith("metrics-")
         async with in_process(build_app(settings), "metrics") as client:
             text = await eventually(partial(settled, client, settings.consumer_group), 90,
                                     what="every record counted")
