@@ -16,10 +16,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.contract.lifecycle import DossierState
+from shared.dossier import OPEN
 
-OPEN = tuple(state.value for state in (DossierState.RECEIVED, DossierState.PROCESSING,
-                                       DossierState.AWAITING_SUPPLEMENT, DossierState.AWAITING_FEE,
-                                       DossierState.PAUSED))
 Totals = Counter[tuple[str, ...]]
 """("received", unit, channel) / ("completed", unit, timeliness) / ("open", unit) -> dossiers."""
 
@@ -40,7 +38,7 @@ async def _truth(conn: asyncpg.Connection) -> tuple[dict[str, tuple[int, bool, s
     dossiers: dict[str, tuple[int, bool, str | None]] = {}
     totals: Totals = Counter()
     for row in rows:
-        is_open = row["state"] in OPEN
+        is_open = DossierState(row["state"]) in OPEN
         timeliness = row["timeliness"] if row["completed"] else None
         dossiers[row["code"]] = (row["sequence"], is_open, timeliness)
         totals[("received", row["unit_code"], row["channel"])] += 1
