@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from shared.catalog import Catalog
 from shared.contract.events import EventType, schema_uri
 from shared.simulator import SOURCE
@@ -62,3 +64,13 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 
             return last
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value {last!r}")
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples in Prometheus text whose labels include `labels`."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

@@ -17,8 +17,7 @@ from shared.contract import topics
 from shared.contract.events import EventType
 from shared.infra.stack import Stack
 from tests.e2e.conftest import intake_client
-from tests.e2e.test_pipeline import metric_total
-from tests.support import VN, cloudevent, dossier_code, eventually, received_data
+from tests.support import VN, cloudevent, dossier_code, eventually, metric_total, received_data
 
 pytestmark = pytest.mark.e2e
 

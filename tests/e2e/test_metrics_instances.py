@@ -19,8 +19,7 @@ from shared.infra.paths import PROJECT_ROOT
 from shared.infra.stack import Stack
 from tests.conftest import free_port
 from tests.e2e.test_faults import send
-from tests.e2e.test_pipeline import metric_total
-from tests.support import VN, cloudevent, dossier_code, eventually, received_data
+from tests.support import VN, cloudevent, dossier_code, eventually, metric_total, received_data
 
 pytestmark = pytest.mark.e2e
 SECOND = "metrics-2"

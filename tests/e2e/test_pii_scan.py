@@ -38,8 +38,7 @@ from shared.infra.stack import SERVICES, Stack
 from shared.simulator import SOURCE
 from shared.text import without_diacritics
 from tests.e2e.conftest import intake_client, stack_key
-from tests.e2e.test_pipeline import metric_total
-from tests.support import PROCEDURE, UNIT, VN, cloudevent, dossier_code, eventually
+from tests.support import PROCEDURE, UNIT, VN, cloudevent, dossier_code, eventually, metric_total
 
 pytestmark = pytest.mark.e2e
 

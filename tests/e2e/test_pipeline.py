@@ -10,25 +10,15 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.infra.sinks import read_mail
 from shared.infra.stack import Stack
 from tests.e2e.conftest import intake_client, stack_key
-from tests.support import cloudevent, dossier_code, eventually, received_data
+from tests.support import cloudevent, dossier_code, eventually, metric_total, received_data
 
 pytestmark = pytest.mark.e2e
-
-
-def metric_total(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def mails_to(folder: Path, code: str) -> list[dict[str, Any]]:

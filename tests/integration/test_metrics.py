@@ -12,7 +12,6 @@ from functools import partial
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.metrics.app import build_app
 from services.metrics.settings import MetricsSettings
@@ -23,7 +22,7 @@ from shared.contract.rejections import RejectionReason, RejectionRecorded, Stage
 from shared.kafka import ensure_topics
 from tests.conftest import Infra
 from tests.integration.test_services import in_process, service_env
-from tests.support import eventually
+from tests.support import eventually, metric_total
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +50,6 @@ async def publish(bootstrap: str, topic: str, values: list[tuple[str, bytes]]) -
         await producer.stop()
 
 
-def samples(text: str, name: str, **labels: str) -> float:
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
-
-
 def settings_for(infra: Infra, database_url: str, data_keys: str, group: str) -> MetricsSettings:
     # Field names, not environment names: model_validate reads only the common settings by their env aliases.
     return MetricsSettings.model_validate({**service_env(infra, database_url, data_keys),
@@ -69,7 +63,7 @@ async def test_open_dossiers_turn_due_soon_then_overdue_with_no_event(infra: Inf
     async with in_process(build_app(settings), "metrics") as client:
         async def owning() -> bool:
             text = (await client.get("/metrics")).text
-            return samples(text, "tthc_metrics_partitions_owned", topic=topics.LIFECYCLE) == 3
+            return metric_total(text, "tthc_metrics_partitions_owned", topic=topics.LIFECYCLE) == 3
 
         await eventually(owning, 60, what="the lifecycle partitions assigned")
         start = datetime.now(UTC)
@@ -81,16 +75,16 @@ async def test_open_dossiers_turn_due_soon_then_overdue_with_no_event(infra: Inf
 
         async def in_state(state: str) -> str | None:
             text = (await client.get("/metrics")).text
-            return text if samples(text, "tthc_dossiers_open", unit=unit, state=state) == 3 else None
+            return text if metric_total(text, "tthc_dossiers_open", unit=unit, state=state) == 3 else None
 
         # Each state is seen only at or after its instant: nothing but the clock moved it.
         await eventually(lambda: in_state("on_track"), 60, what="three on-track dossiers")
         text = await eventually(lambda: in_state("due_soon"), 60, what="the flip to due soon")
         assert datetime.now(UTC) >= soon
-        assert samples(text, "tthc_dossiers_open", unit=unit, state="on_track") == 0
+        assert metric_total(text, "tthc_dossiers_open", unit=unit, state="on_track") == 0
         await eventually(lambda: in_state("overdue"), 60, what="the flip to overdue")
         assert datetime.now(UTC) > due
-        assert samples(text, "tthc_oldest_open_dossier_age_seconds", unit=unit) > 0
+        assert metric_total(text, "tthc_oldest_open_dossier_age_seconds", unit=unit) > 0
 
 
 async def test_a_restart_reading_every_topic_again_counts_nothing_twice(infra: Infra, database_url: str,
@@ -118,15 +112,15 @@ async def test_a_restart_reading_every_topic_again_counts_nothing_twice(infra: I
     rejections_on_topic = await count_rejections(infra.bootstrap_servers)
 
     async def counted(client_text: str) -> bool:
-        return (samples(client_text, "tthc_dossiers_received_total", unit=unit) == 20
-                and samples(client_text, "tthc_dossiers_completed_total", unit=unit, timeliness="early") == 10
-                and samples(client_text, "tthc_dossiers_open", unit=unit) == 10
-                and samples(client_text, "tthc_rejections_total", reason="unknown_unit")
+        return (metric_total(client_text, "tthc_dossiers_received_total", unit=unit) == 20
+                and metric_total(client_text, "tthc_dossiers_completed_total", unit=unit, timeliness="early") == 10
+                and metric_total(client_text, "tthc_dossiers_open", unit=unit) == 10
+                and metric_total(client_text, "tthc_rejections_total", reason="unknown_unit")
                 >= rejections_on_topic["unknown_unit"])
 
     async def settled(client: httpx.AsyncClient, group: str) -> str | None:
         text = (await client.get("/metrics")).text
-        caught_up = "tthc_consumer_lag{" in text and samples(text, "tthc_consumer_lag", group=group) == 0
+        caught_up = "tthc_consumer_lag{" in text and metric_total(text, "tthc_consumer_lag", group=group) == 0
         return text if caught_up and await counted(text) else None
 
     first: dict[str, float] = {}
@@ -137,14 +131,14 @@ async def test_a_restart_reading_every_topic_again_counts_nothing_twice(infra: I
         async with in_process(build_app(settings), "metrics") as client:
             text = await eventually(partial(settled, client, settings.consumer_group), 90,
                                     what="every record counted")
-            totals = {reason.value: samples(text, "tthc_rejections_total", reason=reason.value)
+            totals = {reason.value: metric_total(text, "tthc_rejections_total", reason=reason.value)
                       for reason in RejectionReason}
             if round_ == 0:
                 first = totals
             else:
                 assert totals == first
-            assert samples(text, "tthc_dossiers_received_total", unit=unit) == 20
-            assert samples(text, "tthc_dossiers_completed_total", unit=unit) == 10
+            assert metric_total(text, "tthc_dossiers_received_total", unit=unit) == 20
+            assert metric_total(text, "tthc_dossiers_completed_total", unit=unit) == 10
 
 
 async def count_rejections(bootstrap: str) -> Counter[str]:
