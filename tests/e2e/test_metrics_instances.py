@@ -48,9 +48,11 @@ async def owned(port: int) -> float:
 
 
 async def agreed(stack: Stack, ports: list[int], dossiers: int) -> bool:
-    """No difference left, once every dossier sent has reached resolution."""
-    differences = await reconcile(stack.database_url, [f"http://127.0.0.1:{port}/metrics" for port in ports])
-    return not differences and await stack_received(stack) >= dossiers
+    """No difference left, once every dossier sent has reached resolution (counted first, so that the
+    comparison that follows sees them all)."""
+    if await stack_received(stack) < dossiers:
+        return False
+    return not await reconcile(stack.database_url, [f"http://127.0.0.1:{port}/metrics" for port in ports])
 
 
 async def stack_received(stack: Stack) -> int:
