@@ -12,9 +12,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from fastapi import FastAPI
@@ -33,7 +33,7 @@ from services.metrics.tracker import OpenDossiers
 from shared.contract import topics
 from shared.contract.lifecycle import DossierLifecycleEvent
 from shared.contract.rejections import RejectionRecorded
-from shared.db import ServiceDatabase
+from shared.db import Connection, ServiceDatabase
 from shared.http import service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import Records, batch_subscriber, make_broker
@@ -41,6 +41,7 @@ from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
 MIGRATIONS = PROJECT_ROOT / "services" / "metrics" / "migrations"
+T = TypeVar("T")
 
 
 class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -49,6 +50,10 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, topic: str, take: Callable[[str, list[int]], Any], drop: Callable[[str, set[int]], None]):
         self.topic = topic
         self.epochs: dict[int, int] = {}
+        self.unsure: set[int] = set()
+        """Partitions whose last batch failed after reaching the database: its commit may have happened with the
+        answer lost (PostgreSQL restarting), and the redelivered records would then count as repeats, so memory
+        reloads these partitions from the database with the next batch."""
         self._take = take
         self._drop = drop
 
@@ -56,12 +61,14 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         parts = {tp.partition for tp in revoked if tp.topic == self.topic}
         for part in parts:
             self.epochs.pop(part, None)  # first, so that a batch committing now leaves memory alone
+        self.unsure -= parts
         self._drop(self.topic, parts)
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         parts = sorted(tp.partition for tp in assigned if tp.topic == self.topic)
         if parts:
             self.epochs.update(await self._take(self.topic, parts))
+            self.unsure -= set(parts)
 
     def expected(self, parts: set[int]) -> dict[int, int | None]:
         return {part: self.epochs.get(part) for part in parts}
@@ -101,10 +108,8 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         tracker.put(code, part, (province_of(unit), unit, sector), kind, received.timestamp(),
                     due_soon.timestamp() if due_soon else None, due.timestamp() if due else None, now)
 
-    async def take(topic: str, parts: list[int]) -> dict[int, int]:
-        async with database.pool.acquire() as conn, conn.transaction():
-            state: PartitionState = await store.take_over(conn, topic, parts, instance)
-        drop(topic, set(parts))  # whatever an earlier ownership left behind
+    def load(topic: str, state: PartitionState) -> None:
+        drop(topic, set(state.epochs))  # whatever an earlier ownership or a failed batch left behind
         now = time.time()
         for key, value in state.counters:
             totals.add(key, value)
@@ -113,10 +118,41 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
                          row.due_at, now)
         for part, stage, reason, value in state.rejections:
             rejections_by_part.setdefault(part, {})[(stage, reason)] = value
-        export_rejections()
+        if topic == topics.REJECTIONS:
+            export_rejections()
         wake.set()
+
+    async def take(topic: str, parts: list[int]) -> dict[int, int]:
+        async with database.pool.acquire() as conn, conn.transaction():
+            state: PartitionState = await store.take_over(conn, topic, parts, instance)
+        load(topic, state)
         log.info("took %s partitions %s (%d open dossiers)", topic, parts, len(state.open))
         return state.epochs
+
+    async def commit_batch(owner: Ownership, parts: set[int],
+                           write: Callable[[Connection, dict[int, int]], Awaitable[T]]) -> T | None:
+        """Run `write` in one transaction fenced by this instance's epochs (handed the partitions' stored next
+        offsets); returns what it returned, or None when memory must not apply it because ownership moved
+        meanwhile. Unsure partitions are reloaded from the same transaction's view first."""
+        seen = owner.expected(parts | owner.unsure)
+        reloading = {part: epoch for part, epoch in seen.items() if part in owner.unsure and epoch is not None}
+        try:
+            async with database.pool.acquire() as conn, conn.transaction():
+                offsets = await store.check_epochs(conn, owner.topic, seen)
+                reloaded = await store.load_state(conn, owner.topic, reloading) if reloading else None
+                written = await write(conn, offsets)
+        except OwnershipMoved as moved:
+            log.info("%s; the batch goes back to Kafka", moved)
+            raise
+        except BaseException:
+            owner.unsure.update(parts)
+            raise
+        if not owner.still(seen):
+            return None  # a rebalance began while committing: the next owner loads what was just written
+        if reloaded:
+            load(owner.topic, reloaded)
+            owner.unsure -= set(reloaded.epochs)
+        return written
 
     def drop(topic: str, parts: set[int]) -> None:
         if topic == topics.REJECTIONS:
@@ -157,17 +193,10 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     async def on_lifecycle(records: Records) -> None:
         events = [(record.partition, DossierLifecycleEvent.model_validate_json(record.value))
                   for record in records if record.value]
-        owner = owners[topics.LIFECYCLE]
-        seen = owner.expected({part for part, _ in events})
-        try:
-            async with database.pool.acquire() as conn, conn.transaction():
-                await store.check_epochs(conn, topics.LIFECYCLE, seen)
-                applied = await store.record_lifecycle(conn, events)
-        except OwnershipMoved as moved:
-            log.info("%s; the batch goes back to Kafka", moved)
-            raise
-        if not owner.still(seen):
-            return  # a rebalance began while committing: the next owner loads what was just written
+        applied = await commit_batch(owners[topics.LIFECYCLE], {part for part, _ in events},
+                                     lambda conn, _: store.record_lifecycle(conn, events))
+        if applied is None:
+            return
         for key, value in applied.deltas.items():
             totals.add(key, value)
         now = time.time()
@@ -183,16 +212,15 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
                       listener=owners[topics.REJECTIONS])
     async def on_rejection(records: Records) -> None:
         batch = [(record.partition, record.offset, _refusal(record.value)) for record in records]
-        owner = owners[topics.REJECTIONS]
-        seen = owner.expected({part for part, _, _ in batch})
-        async with database.pool.acquire() as conn, conn.transaction():
-            offsets = await store.check_epochs(conn, topics.REJECTIONS, seen)
-            deltas = await store.record_rejections(conn, topics.REJECTIONS, batch, offsets)
-        if owner.still(seen):
-            for (part, stage, reason), value in deltas.items():
-                counts = rejections_by_part.setdefault(part, {})
-                counts[(stage, reason)] = counts.get((stage, reason), 0.0) + value
-            export_rejections()
+        deltas = await commit_batch(owners[topics.REJECTIONS], {part for part, _, _ in batch},
+                                    lambda conn, offsets: store.record_rejections(conn, topics.REJECTIONS, batch,
+                                                                                  offsets))
+        if deltas is None:
+            return
+        for (part, stage, reason), value in deltas.items():
+            counts = rejections_by_part.setdefault(part, {})
+            counts[(stage, reason)] = counts.get((stage, reason), 0.0) + value
+        export_rejections()
 
     @app.get("/liveboard", response_class=HTMLResponse, include_in_schema=False)
     async def liveboard_page() -> str:

@@ -53,19 +53,25 @@ async def take_over(conn: Connection, topic: str, parts: Sequence[int], owner: s
         "SELECT $1, part, 1, $3 FROM unnest($2::int[]) AS part ORDER BY part "
         "ON CONFLICT (topic, part) DO UPDATE SET epoch = partition_owner.epoch + 1, owner = EXCLUDED.owner "
         "RETURNING part, epoch", topic, sorted(parts), owner)
-    state = PartitionState({row["part"]: row["epoch"] for row in rows})
+    return await load_state(conn, topic, {row["part"]: row["epoch"] for row in rows})
+
+
+async def load_state(conn: Connection, topic: str, epochs: dict[int, int]) -> PartitionState:
+    """The stored state of the partitions in `epochs`, for memory to start from."""
+    parts = sorted(epochs)
+    state = PartitionState(epochs)
     if topic == topics.REJECTIONS:
         state.rejections = [(r["part"], r["stage"], r["reason"], float(r["value"])) for r in await conn.fetch(
             f"SELECT part, stage, reason, value FROM {SCHEMA}.rejection_counts WHERE part = ANY($1::int[])",
-            list(parts))]
+            parts)]
         return state
     state.counters = [((r["family"], r["part"], r["unit_code"], r["sector"], r["channel"], r["label"]), r["value"])
                       for r in await conn.fetch(
                           f"SELECT family, part, unit_code, sector, channel, label, value FROM {SCHEMA}.counters "
-                          "WHERE part = ANY($1::int[])", list(parts))]
+                          "WHERE part = ANY($1::int[])", parts)]
     state.open = [OpenRow(*row) for row in await conn.fetch(
         f"SELECT code, part, unit_code, sector, open_kind, received_at, due_soon_at, due_at "
-        f"FROM {SCHEMA}.dossier_progress WHERE part = ANY($1::int[]) AND open_kind IS NOT NULL", list(parts))]
+        f"FROM {SCHEMA}.dossier_progress WHERE part = ANY($1::int[]) AND open_kind IS NOT NULL", parts)]
     return state
 
 

@@ -3,12 +3,14 @@ neither reset nor double on a restart that reads every topic again."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -21,6 +23,7 @@ from shared.contract.lifecycle import DossierLifecycleEvent, DossierState, Timel
 from shared.contract.rejections import RejectionReason, RejectionRecorded, Stage
 from shared.kafka import ensure_topics
 from tests.conftest import Infra
+from tests.faults import CommitAnswerLost
 from tests.integration.test_services import in_process, service_env
 from tests.support import eventually, metric_total
 
@@ -153,3 +156,49 @@ async def count_rejections(bootstrap: str) -> Counter[str]:
         return found
     finally:
         await consumer.stop()
+
+
+async def test_a_batch_committed_with_its_answer_lost_shows_once_in_the_live_numbers(
+        infra: Infra, database_url: str, data_keys: str) -> None:
+    """PostgreSQL restarting at the wrong instant: the batch's transaction commits, metrics sees an error, Kafka
+    redelivers the batch and the database calls every record a repeat. The live export must still show it."""
+    unit = f"U{uuid.uuid4().hex[:8]}"
+    open_for_long = datetime.now(UTC) + timedelta(days=30)
+    group = f"metrics-{uuid.uuid4().hex[:6]}"
+    await ensure_topics(infra.bootstrap_servers, 3)
+    async with CommitAnswerLost(database_url).running() as proxy, \
+            in_process(build_app(settings_for(infra, proxy.url, data_keys, group)), "metrics") as client:
+        # One record on each topic first, and everything up to them consumed: the next commit is the batch's.
+        warm_up = canonical(f"W-{unit}", unit, 1, EventType.RECEIVED, DossierState.RECEIVED,
+                            due_soon_at=open_for_long, due_at=open_for_long)
+        await publish(infra.bootstrap_servers, topics.LIFECYCLE,
+                      [(warm_up.dossier_code, warm_up.model_dump_json().encode())])
+        await publish(infra.bootstrap_servers, topics.REJECTIONS, [(unit, RejectionRecorded(
+            rejection_id=str(uuid.uuid4()), stage=Stage.INTAKE, reason=RejectionReason.UNKNOWN_UNIT, detail=unit,
+            rejected_at=datetime.now(UTC)).model_dump_json().encode())])
+
+        async def caught_up(received: int) -> str | None:
+            text = (await client.get("/metrics")).text
+            lags = [f'group="{group}",topic="{topic}"' in text for topic in (topics.LIFECYCLE, topics.REJECTIONS)]
+            idle = all(lags) and metric_total(text, "tthc_consumer_lag", group=group) == 0
+            counted = metric_total(text, "tthc_dossiers_received_total", unit=unit) >= received
+            return text if idle and counted else None
+
+        await eventually(partial(caught_up, 1), 90, what="metrics caught up with both topics")
+        proxy.arm()
+        events = [canonical(f"L{n}-{unit}", unit, 1, EventType.RECEIVED, DossierState.RECEIVED,
+                            due_soon_at=open_for_long, due_at=open_for_long) for n in range(12)]
+        await publish(infra.bootstrap_servers, topics.LIFECYCLE,
+                      [(event.dossier_code, event.model_dump_json().encode()) for event in events])
+        await asyncio.wait_for(proxy.cut.wait(), 60)
+
+        text = await eventually(partial(caught_up, 13), 90, what="the twelve dossiers in the live export")
+        assert metric_total(text, "tthc_dossiers_received_total", unit=unit) == 13
+        assert metric_total(text, "tthc_dossiers_open", unit=unit) == 13
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval("SELECT sum(value) FROM metrics.counters WHERE family = 'received' "
+                                     "AND unit_code = $1", unit)
+    finally:
+        await conn.close()
+    assert stored == 13
