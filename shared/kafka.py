@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -102,8 +104,21 @@ def make_producer(bootstrap_servers: str, settings: CommonSettings | None = None
     """An idempotent producer: a retried send is written once, and per-partition order holds."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers, enable_idempotence=True, linger_ms=5,
-        max_batch_size=256 * 1024, **client_options(settings),
+        max_batch_size=256 * 1024, partitioner=partition_by_key, **client_options(settings),
     )
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _key_hash(key: bytes) -> int:
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_by_key(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """Kafka's default partitioning (the Java client's murmur2 of the key), with each key's hash remembered:
+    aiokafka computes it in pure Python for every record, and a dossier's events all carry its code as key."""
+    if key is None:
+        return int(DefaultPartitioner()(key, all_partitions, available))
+    return all_partitions[_key_hash(key) % len(all_partitions)]
 
 
 async def ensure_topics(

@@ -69,11 +69,15 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
     async def on_accepted(records: Records) -> None:
         events: list[EventAccepted] = []
         unreadable: list[bytes] = []
+        as_received: dict[tuple[str, str], str] = {}
         for record in records:
             try:
-                events.append(EventAccepted.model_validate_json(record.value or b""))
+                event = EventAccepted.model_validate_json(record.value or b"")
             except ValidationError:
                 unreadable.append(record.value or b"")  # refused below: retrying it would stall the partition
+                continue
+            events.append(event)
+            as_received.setdefault((event.source, event.id), (record.value or b"").decode())
         now = datetime.now(UTC)
         async with database.pool.acquire() as conn, conn.transaction():
             seen = await store.judged_keys(conn, [(e.source, e.id) for e in events])
@@ -89,7 +93,7 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
             current = reference.current
             verdicts = judge(fresh, dossiers, histories, catalog=current.catalog, clock_for=current.clock_for, now=now)
             verdicts.outbox.extend((topics.REJECTIONS, "", unreadable_refusal(value, now)) for value in unreadable)
-            await store.write(conn, verdicts, now)
+            await store.write(conn, verdicts, now, as_received)
         judged.labels("accepted").inc(verdicts.accepted)
         judged.labels("refused").inc(verdicts.refused + len(unreadable))
         judged.labels("duplicate").inc(len(events) - len(fresh))

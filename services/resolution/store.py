@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 import asyncpg
@@ -44,7 +45,11 @@ async def histories(conn: Connection, codes: list[str]) -> dict[str, list[EventA
     return found
 
 
-async def write(conn: Connection, verdicts: Verdicts, now: datetime) -> None:
+async def write(conn: Connection, verdicts: Verdicts, now: datetime,
+                as_received: Mapping[tuple[str, str], str] | None = None) -> None:
+    """The batch's verdicts in the caller's transaction. History rows keep each event's bytes as received
+    (`as_received`, by source and id) rather than serialising it again."""
+    received = as_received or {}
     if verdicts.dossiers:
         await conn.executemany(
             f"INSERT INTO {SCHEMA}.dossiers (code, state, unit_code, snapshot, updated_at) "
@@ -56,7 +61,8 @@ async def write(conn: Connection, verdicts: Verdicts, now: datetime) -> None:
         await conn.executemany(
             f"INSERT INTO {SCHEMA}.events (source, event_id, dossier_code, sequence, occurred_at, payload, "
             "refusal, recorded_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)",
-            [(e.source, e.id, e.dossier_code, sequence, e.occurred_at, e.model_dump_json(), refusal, now)
+            [(e.source, e.id, e.dossier_code, sequence, e.occurred_at,
+              received.get((e.source, e.id)) or e.model_dump_json(), refusal, now)
              for e, sequence, refusal in verdicts.recorded],
         )
     if verdicts.outbox:

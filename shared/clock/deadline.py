@@ -518,42 +518,46 @@ class Clock:
         steps.extend(self._year_warnings(start.date(), due.date()))
         return steps
 
-    def _start(self, received: datetime, cutoff: time | None) -> tuple[datetime, list[ExplanationStep]]:
+    def _start(self, received: datetime, cutoff: time | None, explain: bool = True,
+               ) -> tuple[datetime, list[ExplanationStep]]:
         """Where counting starts: the receipt instant, moved to the next working day's opening when received
-        after hours or on a non-working day (policy) or after the procedure's cutoff."""
+        after hours or on a non-working day (policy) or after the procedure's cutoff. The explanation is built
+        only when asked for: this runs for every event on the hot path."""
         steps: list[ExplanationStep] = []
         day = received.date()
         if self.policy.after_hours_receipt_next_day:
             if not self.calendar.is_working_day(day):
                 moved = self.calendar.next_working_day(day)
                 start = self.opening_at(moved)
-                steps.append(
-                    ExplanationStep(
-                        "non_working_receipt",
-                        start.isoformat(),
-                        f"Received on a non-working day: counted as received at the opening of the next "
-                        f"working day, {_instant_en(start)}.",
-                        f"Tiếp nhận vào ngày nghỉ: tính là tiếp nhận lúc mở cửa ngày làm việc tiếp theo, "
-                        f"{_instant_vi(start)}.",
+                if explain:
+                    steps.append(
+                        ExplanationStep(
+                            "non_working_receipt",
+                            start.isoformat(),
+                            f"Received on a non-working day: counted as received at the opening of the next "
+                            f"working day, {_instant_en(start)}.",
+                            f"Tiếp nhận vào ngày nghỉ: tính là tiếp nhận lúc mở cửa ngày làm việc tiếp theo, "
+                            f"{_instant_vi(start)}.",
+                        )
                     )
-                )
-                steps.extend(self._skips_between(day, moved))
+                    steps.extend(self._skips_between(day, moved))
                 return start, steps
             if received >= self.closing_at(day):
                 moved = self.calendar.next_working_day(day)
                 start = self.opening_at(moved)
-                steps.append(
-                    ExplanationStep(
-                        "after_hours",
-                        start.isoformat(),
-                        f"Received at or after closing ({self.hours.closing():%H:%M}): counted as received "
-                        f"at "
-                        f"the opening of the next working day, {_instant_en(start)}.",
-                        f"Tiếp nhận sau giờ làm việc ({self.hours.closing():%H:%M}): tính là tiếp nhận lúc "
-                        f"mở cửa ngày làm việc tiếp theo, {_instant_vi(start)}.",
+                if explain:
+                    steps.append(
+                        ExplanationStep(
+                            "after_hours",
+                            start.isoformat(),
+                            f"Received at or after closing ({self.hours.closing():%H:%M}): counted as received "
+                            f"at "
+                            f"the opening of the next working day, {_instant_en(start)}.",
+                            f"Tiếp nhận sau giờ làm việc ({self.hours.closing():%H:%M}): tính là tiếp nhận lúc "
+                            f"mở cửa ngày làm việc tiếp theo, {_instant_vi(start)}.",
+                        )
                     )
-                )
-                steps.extend(self._skips_between(day + _ONE_DAY, moved))
+                    steps.extend(self._skips_between(day + _ONE_DAY, moved))
                 return start, steps
         if (
             cutoff is not None
@@ -562,18 +566,19 @@ class Clock:
         ):
             moved = self.calendar.next_working_day(day)
             start = self.opening_at(moved)
-            steps.append(
-                ExplanationStep(
-                    "cutoff",
-                    start.isoformat(),
-                    f"Received after the procedure's {cutoff:%H:%M} cutoff: counting starts from the next "
-                    f"working day, {_instant_en(start)}.",
-                    f"Tiếp nhận sau {cutoff:%H:%M}: thời hạn được tính từ ngày làm việc tiếp theo, "
-                    f"{_instant_vi(start)}.",
-                    _CUTOFF_SOURCE,
+            if explain:
+                steps.append(
+                    ExplanationStep(
+                        "cutoff",
+                        start.isoformat(),
+                        f"Received after the procedure's {cutoff:%H:%M} cutoff: counting starts from the next "
+                        f"working day, {_instant_en(start)}.",
+                        f"Tiếp nhận sau {cutoff:%H:%M}: thời hạn được tính từ ngày làm việc tiếp theo, "
+                        f"{_instant_vi(start)}.",
+                        _CUTOFF_SOURCE,
+                    )
                 )
-            )
-            steps.extend(self._skips_between(day + _ONE_DAY, moved))
+                steps.extend(self._skips_between(day + _ONE_DAY, moved))
             return start, steps
         return received, steps
 
@@ -597,7 +602,7 @@ class Clock:
                 f"Tiếp nhận lúc {_instant_vi(received)}; thời hạn giải quyết {_duration_vi(duration)}.",
             )
         ] if explain else []
-        start, moved_steps = self._start(received, cutoff)
+        start, moved_steps = self._start(received, cutoff, explain)
         steps.extend(moved_steps)
         start_day = start.date()
         unit = duration.unit if duration.amount > 0 else DurationUnit.SAME_DAY
@@ -605,25 +610,25 @@ class Clock:
         if unit is DurationUnit.WORKING_HOURS:
             amount = timedelta(hours=duration.amount)
             due_at = self.add_office_time(start, amount)
-            steps.append(
-                ExplanationStep(
-                    "counting",
-                    start.isoformat(),
-                    f"{duration.amount} working hours of office time counted from {_instant_en(start)}.",
-                    f"Tính {duration.amount} giờ làm việc kể từ {_instant_vi(start)}.",
-                    _CIVIL_CODE_HOURS,
-                )
-            )
             if explain:
-                steps.extend(self._explain_hours(start, due_at, amount))
-            steps.append(
-                ExplanationStep(
-                    "due",
-                    due_at.isoformat(),
-                    f"Due {_instant_en(due_at)}, when {duration.amount} h of office time have elapsed.",
-                    f"Hạn giải quyết: {_instant_vi(due_at)}, khi đủ {duration.amount} giờ làm việc.",
+                steps.append(
+                    ExplanationStep(
+                        "counting",
+                        start.isoformat(),
+                        f"{duration.amount} working hours of office time counted from {_instant_en(start)}.",
+                        f"Tính {duration.amount} giờ làm việc kể từ {_instant_vi(start)}.",
+                        _CIVIL_CODE_HOURS,
+                    )
                 )
-            )
+                steps.extend(self._explain_hours(start, due_at, amount))
+                steps.append(
+                    ExplanationStep(
+                        "due",
+                        due_at.isoformat(),
+                        f"Due {_instant_en(due_at)}, when {duration.amount} h of office time have elapsed.",
+                        f"Hạn giải quyết: {_instant_vi(due_at)}, khi đủ {duration.amount} giờ làm việc.",
+                    )
+                )
             return Deadline(due_at, tuple(steps), self.calendar.version, self._policy_version)
 
         if unit is DurationUnit.WORKING_DAYS:

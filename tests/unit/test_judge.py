@@ -10,9 +10,9 @@ import pytest
 from services.resolution.judge import judge, needs_history
 from shared.contract import topics
 from shared.contract.events import EventType
-from shared.contract.lifecycle import DossierState
-from shared.dossier import fold
-from tests.support import CATALOG
+from shared.contract.lifecycle import DossierLifecycleEvent, DossierState
+from shared.dossier import Dossier, fold
+from tests.support import CATALOG, UNIT, VN
 from tests.unit.test_dossier import MONDAY, RESTART, event, received
 
 pytestmark = pytest.mark.unit
@@ -79,3 +79,34 @@ def test_a_new_dossier_out_of_order_within_its_first_batch_is_refolded() -> None
     dossier = next(iter(verdicts.dossiers.values()))
     assert [e.event_type for e in dossier.timeline] == [EventType.RECEIVED, EventType.STEP_STARTED,
                                                         EventType.RESOLVED]
+
+
+def test_every_canonical_event_and_snapshot_of_a_full_path_survives_a_round_trip() -> None:
+    """What resolution publishes and stores is read back by other services and by itself: every canonical
+    event and the dossier snapshot of a path through every event type must parse back unchanged."""
+    tuesday = datetime(2025, 1, 7, 8, 0, tzinfo=VN)
+    path = [
+        received(),
+        event(EventType.STEP_STARTED, tuesday, step="thẩm định", unit_code=UNIT.code, duration="1 working_days"),
+        event(EventType.FEE_REQUESTED, tuesday + timedelta(hours=1), amount_vnd=50000),
+        event(EventType.FEE_PAID, tuesday + timedelta(hours=2)),
+        event(EventType.SUPPLEMENT_REQUESTED, tuesday + timedelta(hours=3), reason="thiếu bản sao"),
+        event(EventType.SUPPLEMENT_RECEIVED, tuesday + timedelta(hours=4)),
+        event(EventType.PAUSED, tuesday + timedelta(hours=5), reason="inspection"),
+        event(EventType.RESUMED, tuesday + timedelta(hours=6)),
+        event(EventType.APOLOGY_ISSUED, tuesday + timedelta(hours=7), reason="Chờ xác minh",
+              new_appointment_at=datetime(2025, 1, 20, 17, 0, tzinfo=VN).isoformat()),
+        event(EventType.STEP_COMPLETED, tuesday + timedelta(hours=8), step="thẩm định", unit_code=UNIT.code),
+        event(EventType.RESOLVED, tuesday + timedelta(hours=9)),
+        event(EventType.RESULT_RETURNED, tuesday + timedelta(days=1)),
+    ]
+    verdicts = judge(path, {}, {}, catalog=CATALOG, clock_for=RESTART, now=NOW)
+    assert (verdicts.accepted, verdicts.refused) == (len(path), 0)
+    canonical = [DossierLifecycleEvent.model_validate_json(payload) for _, _, payload in verdicts.outbox]
+    assert [e.event_type for e in canonical] == [e.event_type for e in path]
+    assert [e.sequence for e in canonical] == list(range(1, len(path) + 1))
+    for built in canonical:
+        assert DossierLifecycleEvent.model_validate_json(built.model_dump_json()) == built
+    [dossier] = verdicts.dossiers.values()
+    assert Dossier.model_validate_json(dossier.model_dump_json()) == dossier
+    assert dossier == fold(path, CATALOG, RESTART)
