@@ -17,7 +17,7 @@ dossier's events overtake each other. Measures:
     .venv/bin/python -m bench.end_to_end --rate 1000 --seconds 60
     .venv/bin/python -m bench.end_to_end --max --seconds 60
 
-Writes JSON and a Markdown table to bench/results/.
+Writes JSON, a Markdown table and a PNG plot of throughput and latency over time to bench/results/.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.resolution_throughput import RESULTS, consume_all, free_port, produce, raw_inserts
+from bench.plot import plot
+from bench.resolution_throughput import RESULTS, consume_all, free_port, produce, progress_bar, raw_inserts
 from services.intake.ingress import sign
 from shared.catalog import Catalog
 from shared.clock.deadline import LOCAL_ZONE as VN
@@ -310,7 +311,11 @@ class Run:
             if now - last_print >= 5:
                 last_print = now
                 phase = "sending" if self.sending else "draining"
-                print(f"  [{now:6.1f}s {phase}] sent {self.tally.sent:>8}  judged {self.observed.judged:>8}  "
+                expected = self.tally.accepted_http + self.tally.sent_kafka
+                done = (min(1.0, now / self.seconds) if self.sending
+                        else min(1.0, self.observed.judged / expected) if expected else 1.0)
+                print(f"  {progress_bar(done)} [{now:6.1f}s {phase}] sent {self.tally.sent:>8}  "
+                      f"judged {self.observed.judged:>8}  "
                       f"received {self.observed.received:>7}/{self.tally.received:<7} completed "
                       f"{self.observed.completed:>7}/{self.tally.completed:<7} probe p50(5s) "
                       f"{self.timeline[-1]['probe_p50_5s']:.3f}s", file=sys.stderr, flush=True)
@@ -438,6 +443,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "ratios": {f"end_to_end / {name}": round(e2e_rate / value, 3)
                        for name, value in floor_rates.items() if name != "records" and value},
             "timeline": run.timeline,
+            "probes": [[round(at, 2), round(latency, 3)] for at, latency in run.probe_latency],
         }
     finally:
         await asyncio.to_thread(stack.stop)
@@ -498,5 +504,6 @@ if __name__ == "__main__":
     (RESULTS / f"end-to-end-{stamp}.json").write_text(json.dumps(outcome, indent=2) + "\n")
     table = markdown(outcome)
     (RESULTS / f"end-to-end-{stamp}.md").write_text(table)
+    plot(outcome, RESULTS / f"end-to-end-{stamp}.png")
     print(table)
-    print(f"written: bench/results/end-to-end-{stamp}.json and .md", file=sys.stderr)
+    print(f"written: bench/results/end-to-end-{stamp}.json, .md and .png", file=sys.stderr)

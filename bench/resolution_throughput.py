@@ -41,6 +41,12 @@ RESULTS = PROJECT_ROOT / "bench" / "results"
 VN_OFFSET = timedelta(hours=7)
 
 
+def progress_bar(done: float, width: int = 20) -> str:
+    """`[########------------]  40%`, for the status lines of long runs."""
+    filled = round(done * width)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done:4.0%}"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -165,6 +171,9 @@ async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]
         while count < len(records) and time.monotonic() < deadline:
             await asyncio.sleep(1.0)
             count, first, last = await judged(database_url)
+            print(f"\r  {progress_bar(count / len(records))} {count:,} of {len(records):,} events judged",
+                  end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
         seconds = (last - first).total_seconds() if first and last else float("nan")
         rate = count / seconds if seconds else float("nan")
         return {
