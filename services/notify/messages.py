@@ -31,7 +31,7 @@ TEMPLATE_FOR: dict[EventType, str] = {
 CHANNELS = ("email", "sms", "zalo")
 # The handling unit's own system (services/notify/webhook.py); never a citizen's channel.
 WEBHOOK = "webhook"
-TEMPLATE_VERSION = "2026.11.2"
+TEMPLATE_VERSION = "2026.11.3"
 # What the citizen must be told whatever they chose (Decree 61/2018): the receipt (art. 17.2), a supplement
 # request (art. 19.4), an apology with the new appointment (art. 19.9), a refusal with its reason, and a
 # result ready before its appointment (art. 20.4). An opt-out stops only the others.
@@ -87,7 +87,9 @@ def render(template: str, channel: str, context: dict[str, Any], *, ascii_sms: b
         text = _env.get_template(f"{template}.email.j2").render(**context)
         subject, _, body = text.partition("\n---\n")
         return subject.strip(), body.strip() + "\n"
-    body = " ".join(_env.get_template(f"{template}.short.j2").render(**context).split())
+    # Zalo messages carry the opt-out link as emails do; an SMS stays short (the gateway's reply keyword is
+    # the usual way out there).
+    body = " ".join(_env.get_template(f"{template}.short.j2").render(**context, channel=channel).split())
     return "", without_diacritics(body) if channel == "sms" and ascii_sms else body
 
 

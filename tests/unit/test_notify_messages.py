@@ -71,7 +71,7 @@ def test_the_notices_the_law_requires_survive_an_opt_out() -> None:
     assert [m.required for m in owed(event(EventType.FEE_REQUESTED), ["email", "sms"], "p", "u")] == [False, False]
 
 
-def test_the_survey_link_is_in_the_last_message_and_the_opt_out_link_in_optional_emails() -> None:
+def test_the_survey_link_is_in_the_last_message_and_the_opt_out_link_in_emails_and_zalo_messages() -> None:
     def email(kind: EventType) -> str:
         [message] = owed(event(kind), ["email"], "p", "u")
         return render(message.template, "email", {**message.context, **LINKS, "full_name": "x"})[1]
@@ -86,3 +86,7 @@ def test_the_survey_link_is_in_the_last_message_and_the_opt_out_link_in_optional
         assert f"từ chối tại: {LINKS['opt_out_url']}" in email(kind)
         assert "pháp luật quy định" in email(kind)
     assert LINKS["opt_out_url"] not in email(EventType.REJECTED)
+    for kind in (EventType.RECEIVED, EventType.FEE_REQUESTED, EventType.RESOLVED):
+        assert f"Từ chối tin không bắt buộc: {LINKS['opt_out_url']}" in short(kind, "zalo")
+        assert LINKS["opt_out_url"] not in short(kind, "sms")
+    assert LINKS["opt_out_url"] not in short(EventType.SUPPLEMENT_REQUESTED, "zalo")
