@@ -81,6 +81,10 @@ class Totals:
             for key, value in self._by_part.pop(part, {}).items():
                 for name in self._mapping.pop(key, ()):
                     self.series[name] -= value
+                    if self.series[name] == 0:
+                        # Nothing this instance owns adds to it any more: the series is the new owner's to
+                        # export (counts are whole numbers and the ratio sums of completed dossiers positive).
+                        del self.series[name]
 
 
 class ExportedState(Collector):

@@ -114,6 +114,8 @@ def test_a_partition_leaving_takes_exactly_its_counts_away() -> None:
     assert totals.series[("sector_received", "24", "ho_tich", "online")] == 5
     totals.drop_partitions([0])
     assert totals.series[("received", "24", "10000", "online")] == 2
+    totals.drop_partitions([1])
+    assert totals.series == {}  # a partition gone leaves no zero-valued series behind
 
 
 def test_a_whole_country_stays_under_the_series_budget() -> None:
