@@ -28,6 +28,19 @@ def rates(timeline: list[dict[str, float]], field: str, window: float = 5.0) -> 
     return times, per_second
 
 
+def completed_median(probes: list[list[float]], times: list[float], window: float = 5.0,
+                     ) -> list[tuple[float, float]]:
+    """At each time, the median latency of the probes whose counter moved in the last `window` seconds (by
+    when they were seen, not sent: under a growing queue no probe sent in the last seconds is seen yet)."""
+    seen = sorted((sent + latency, latency) for sent, latency in probes)
+    out = []
+    for now in times:
+        recent = sorted(latency for at, latency in seen if now - window < at <= now)
+        if recent:
+            out.append((now, recent[len(recent) // 2]))
+    return out
+
+
 def plot(result: dict[str, Any], out: Path) -> Path:
     timeline: list[dict[str, float]] = result["timeline"]
     settings, machine = result["settings"], result["machine"]
@@ -53,11 +66,11 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     probes = result.get("probes", [])
     if probes:
         latency.scatter([at for at, _ in probes], [seconds for _, seconds in probes], s=6, alpha=0.5,
-                        label="probe: ingress → visible counter")
-    windowed = [(row["t"], row["probe_p50_5s"]) for row in timeline if row.get("probe_p50_5s", -1) >= 0]
+                        label="each probe (ingress → visible counter), at its send")
+    windowed = completed_median(probes, [row["t"] for row in timeline])
     if windowed:
         latency.plot([t for t, _ in windowed], [p for _, p in windowed], color="black", linewidth=1,
-                     label="median of the last 5 s")
+                     label="median of the probes seen in the last 5 s")
     p99 = result["latency_s"].get("p99")
     if p99 is not None:
         latency.axhline(p99, color="red", linestyle="--", linewidth=1, label=f"p99 of the run: {p99:g} s")
