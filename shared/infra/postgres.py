@@ -27,6 +27,10 @@ def _bin_path() -> Path:
     return Path(spec.origin).parent / "pginstall" / "bin"
 
 
+class PostgresStopError(RuntimeError):
+    pass
+
+
 class PostgresStartError(RuntimeError):
     pass
 
@@ -106,10 +110,19 @@ class LocalPostgres:
             raise PostgresStartError(f"createdb failed: {done.stderr}")
 
     def stop(self) -> None:
-        if not (self.data_dir / "postmaster.pid").exists():
+        """A fast shutdown, waited for; an immediate one when that does not end the server, since a start on
+        the same data directory fails while the old server holds it. Raises if neither did."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
             return
         user = SERVER_USER if os.geteuid() == 0 else None
-        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", user=user)
+        failures = []
+        for mode in ("fast", "immediate"):
+            done = self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop", user=user)
+            if done.returncode == 0 or not pid_file.exists():
+                return
+            failures.append(f"-m {mode}: {(done.stderr or done.stdout).strip()}")
+        raise PostgresStopError(f"pg_ctl stop failed: {'; '.join(failures)}")
 
     def kill(self) -> None:
         """SIGKILL the postmaster, for fault-injection tests."""
