@@ -129,29 +129,31 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
     async def on_lifecycle(records: Records) -> None:
         events = [DossierLifecycleEvent.model_validate_json(r.value) for r in records if r.value]
         now = datetime.now(UTC)
+        contacts, surveys, deliveries = [], [], []
         async with database.pool.acquire() as conn, conn.transaction():
             for event in events:
                 if event.event_type is EventType.RECEIVED and event.applicant_sealed:
-                    await conn.execute(
-                        f"INSERT INTO {SCHEMA}.contacts VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        event.dossier_code, event.applicant_sealed, event.notify_via,
-                    )
+                    contacts.append((event.dossier_code, event.applicant_sealed, event.notify_via))
                 if event.event_type is EventType.RESULT_RETURNED:
                     # The survey link goes out with this message; the row says the dossier may be rated.
-                    await conn.execute(
-                        f"INSERT INTO {SCHEMA}.surveys (dossier_code, unit_code, invited_at) VALUES ($1, $2, $3) "
-                        "ON CONFLICT DO NOTHING", event.dossier_code, event.unit_code, now)
+                    surveys.append((event.dossier_code, event.unit_code, now))
                 procedure = reference.current.catalog.procedures.get(event.procedure_code)
                 procedure_name = procedure.name_vi if procedure else event.procedure_code
+                # In event order, one by one: each event's alert decision reads what the previous one wrote.
                 await schedule_due_alert(conn, event, now, procedure_name)
-                for item in owed(event, event.notify_via, procedure_name, settings.lookup_base_url):
-                    await conn.execute(
-                        f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, "
-                        "next_attempt_at, context, created_at, required) "
-                        "VALUES ($1, $2, $3, $4, 'queued', $5, $6::jsonb, $5, $7) ON CONFLICT DO NOTHING",
-                        event.dossier_code, event.id, item.channel, item.template, now,
-                        json.dumps(item.context, ensure_ascii=False), item.required,
-                    )
+                deliveries += [(event.dossier_code, event.id, item.channel, item.template, now,
+                                json.dumps(item.context, ensure_ascii=False), item.required)
+                               for item in owed(event, event.notify_via, procedure_name, settings.lookup_base_url)]
+            # Order does not matter for these (each row is written once, a repeat does nothing): one round
+            # trip each for the whole batch.
+            await conn.executemany(f"INSERT INTO {SCHEMA}.contacts VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                                   contacts)
+            await conn.executemany(f"INSERT INTO {SCHEMA}.surveys (dossier_code, unit_code, invited_at) "
+                                   "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", surveys)
+            await conn.executemany(
+                f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, "
+                "next_attempt_at, context, created_at, required) "
+                "VALUES ($1, $2, $3, $4, 'queued', $5, $6::jsonb, $5, $7) ON CONFLICT DO NOTHING", deliveries)
         state["deliverer"].wake.set()
 
     @app.get("/v1/notifications", summary="Delivery status of a dossier's notifications")
