@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 
 import pytest
 
+from services.notify.delivery import mail
 from services.notify.messages import CHANNELS, TEMPLATE_FOR, owed, render, required
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, DossierState, Timeliness
@@ -90,3 +93,17 @@ def test_the_survey_link_is_in_the_last_message_and_the_opt_out_link_in_emails_a
         assert f"Từ chối tin không bắt buộc: {LINKS['opt_out_url']}" in short(kind, "zalo")
         assert LINKS["opt_out_url"] not in short(kind, "sms")
     assert LINKS["opt_out_url"] not in short(EventType.SUPPLEMENT_REQUESTED, "zalo")
+
+
+def test_an_email_reads_back_exactly_in_any_mail_reader() -> None:
+    subject = "Hồ sơ 000.00.24.07420-260210-0001 đã được tiếp nhận — thông báo dài hơn một dòng tiêu đề thư"
+    body = "Kính gửi ông/bà Nguyễn Thị Ánh Tuyết,\n\nTrung tâm Phục vụ hành chính công đã tiếp nhận hồ sơ.\n"
+    sender = "Trung tâm Phục vụ hành chính công <khong-tra-loi@tthc.gov.vn>"
+    long_id = "<000.00.24.07420-260210-TS000123/000.00.24.07420-260210-TS000123+1/email@tthc.gov.vn>"
+    raw = mail(sender, "tuyet@example.vn", subject, body, long_id).as_bytes()
+    assert raw.isascii()  # headers as encoded words and the body base64: any relay carries it
+    read = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(read, EmailMessage)
+    assert (read["Subject"], read["From"], read["To"], read["Message-ID"]) == (
+        subject, sender, "tuyet@example.vn", long_id)
+    assert read.get_content() == body
