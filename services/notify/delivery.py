@@ -12,8 +12,8 @@ import smtplib
 import time
 from datetime import UTC, datetime, timedelta
 from email.header import Header
-from email.policy import compat32
 from email.mime.text import MIMEText
+from email.policy import compat32
 from email.utils import formataddr, parseaddr
 
 import asyncpg
@@ -33,6 +33,10 @@ BATCH = 50
 
 
 SMTP_IDLE_CHECK_SECONDS = 10.0
+# Delivery rounds: one that handled this many goes straight on to the next; a smaller one lets work gather
+# until this long after it started.
+FULL_ROUND = 100
+ROUND_SECONDS = 0.05
 
 
 def mail(sender: str, to: str, subject: str, body: str, message_id: str) -> MIMEText:
@@ -101,6 +105,7 @@ class Deliverer:
         self.guards = {channel: ProviderGuard(channel, settings) for channel in (*CHANNELS, WEBHOOK)}
         self._smtp: smtplib.SMTP | None = None
         self._smtp_used = 0.0
+        self._suppressed_at = float("-inf")
         self.outcomes = Counter("tthc_notifications_total", "Notification attempts by channel and outcome",
                                 ["channel", "outcome"], registry=registry)
 
@@ -117,12 +122,21 @@ class Deliverer:
 
     async def _run(self) -> None:
         while True:
+            self.wake.clear()  # before the round: work committed while it runs wakes the next one
+            started = time.monotonic()
             try:
-                while await self.deliver_due():
-                    pass
+                handled = await self.deliver_due()
             except Exception:  # e.g. a database restart (asyncpg's InterfaceError too): the loop must live on
                 log.exception("delivery round failed")
-            self.wake.clear()
+                await asyncio.sleep(1.0)
+                continue
+            if handled >= FULL_ROUND:
+                continue  # a backlog: straight on
+            if handled:
+                # A round costs the database the same few queries whether it finds one message or a hundred:
+                # while messages trickle in, let them gather for a moment instead of querying per message.
+                await asyncio.sleep(max(0.0, ROUND_SECONDS - (time.monotonic() - started)))
+                continue
             now = time.monotonic()
             # Back as soon as a rate-limited or cooling provider may take a message again.
             waits = [w for guard in self.guards.values() if (w := guard.wait(now)) > 0]
@@ -130,12 +144,16 @@ class Deliverer:
                 await asyncio.wait_for(self.wake.wait(), min([1.0, *waits]))
 
     async def deliver_due(self) -> int:
-        """One round: optional messages to citizens who opted out are set aside, then each provider sends what
-        is due, as much as its rate limit and circuit allow. Returns how many messages were handled."""
-        suppressed = await self.pool.fetch(
-            f"UPDATE {SCHEMA}.deliveries d SET status = 'opted-out' FROM {SCHEMA}.opt_outs o "
-            "WHERE o.dossier_code = d.dossier_code AND NOT d.required "
-            "AND d.status IN ('queued', 'temporary-failure') RETURNING d.channel")
+        """One round: optional messages to citizens who opted out are set aside (at most once a second: the
+        sending queries skip them anyway, this only records it), then each provider sends what is due, as much
+        as its rate limit and circuit allow. Returns how many messages were handled."""
+        suppressed = []
+        if time.monotonic() - self._suppressed_at >= 1.0:
+            self._suppressed_at = time.monotonic()
+            suppressed = await self.pool.fetch(
+                f"UPDATE {SCHEMA}.deliveries d SET status = 'opted-out' FROM {SCHEMA}.opt_outs o "
+                "WHERE o.dossier_code = d.dossier_code AND NOT d.required "
+                "AND d.status IN ('queued', 'temporary-failure') RETURNING d.channel")
         for row in suppressed:
             self.outcomes.labels(row["channel"], "opted-out").inc()
         handled = await asyncio.gather(*(self._deliver_channel(guard) for guard in self.guards.values()))
