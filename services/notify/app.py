@@ -90,28 +90,34 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
                 state["snapshot"] = await stats.read(conn)
         return await call_next(request)
 
-    async def schedule_due_alert(conn: Any, event: DossierLifecycleEvent, now: datetime,
-                                 procedure_name: str) -> None:
-        """Upsert or cancel the dossier's waiting due-soon alert (services/notify/due.py); only the newest event
-        of a dossier decides, so a repeat or a replayed older event changes nothing."""
-        newest = await conn.fetchval(
-            f"INSERT INTO {SCHEMA}.due_alert_clocks VALUES ($1, $2) ON CONFLICT (dossier_code) DO UPDATE "
-            "SET sequence = EXCLUDED.sequence WHERE due_alert_clocks.sequence < EXCLUDED.sequence RETURNING true",
-            event.dossier_code, event.sequence)
+    async def schedule_due_alerts(conn: Any, events: list[DossierLifecycleEvent], now: datetime,
+                                  names: dict[str, str]) -> None:
+        """Upsert or cancel each dossier's waiting due-soon alert (services/notify/due.py). Only a dossier's
+        newest event decides, so within a batch its last event does, and only if it is newer than the last one
+        stored: a repeat or a replayed older event changes nothing. (Its earlier events in the batch could only
+        have queued alerts the last one cancels or takes over, all inside this transaction.)"""
+        newest: dict[str, DossierLifecycleEvent] = {}
+        for event in events:
+            if event.sequence > getattr(newest.get(event.dossier_code), "sequence", 0):
+                newest[event.dossier_code] = event
         if not newest:
             return
-        plan = due.plan(event, now, procedure_name)
+        deciding = {row["dossier_code"] for row in await conn.fetch(
+            f"INSERT INTO {SCHEMA}.due_alert_clocks AS c SELECT * FROM unnest($1::text[], $2::int[]) "
+            "ON CONFLICT (dossier_code) DO UPDATE SET sequence = EXCLUDED.sequence "
+            "WHERE c.sequence < EXCLUDED.sequence RETURNING dossier_code",
+            list(newest), [event.sequence for event in newest.values()])}
+        plans = {code: due.plan(newest[code], now, names[code]) for code in sorted(deciding)}
         await conn.execute(
-            f"UPDATE {SCHEMA}.deliveries SET status = 'cancelled', last_error = $3 WHERE dossier_code = $1 "
-            f"AND channel = '{WEBHOOK}' AND event_id LIKE '{due.PREFIX}%' AND event_id IS DISTINCT FROM $2 "
-            "AND status IN ('queued', 'temporary-failure')",
-            event.dossier_code, plan.keep, f"cancelled by {event.id} ({event.event_type.value})")
-        alert = plan.schedule
-        if alert is None or settings.webhook_url(event.unit_code) is None:
-            return
+            f"UPDATE {SCHEMA}.deliveries AS d SET status = 'cancelled', last_error = c.reason "
+            "FROM unnest($1::text[], $2::text[], $3::text[]) AS c(code, keep, reason) "
+            f"WHERE d.dossier_code = c.code AND d.channel = '{WEBHOOK}' AND d.event_id LIKE '{due.PREFIX}%' "
+            "AND d.event_id IS DISTINCT FROM c.keep AND d.status IN ('queued', 'temporary-failure')",
+            list(plans), [plan.keep for plan in plans.values()],
+            [f"cancelled by {newest[code].id} ({newest[code].event_type.value})" for code in plans])
         # A waiting alert takes the dossier as it now stands; a cancelled one for this same due instant comes
         # back (the due instant moved there again); one sent or being sent stays as it is: once only.
-        await conn.execute(
+        await conn.executemany(
             f"INSERT INTO {SCHEMA}.deliveries AS d (dossier_code, event_id, channel, template, status, "
             "next_attempt_at, context, created_at, required) "
             f"VALUES ($1, $2, '{WEBHOOK}', $3, 'queued', $4, $5::jsonb, $6, true) "
@@ -122,30 +128,31 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
             "next_attempt_at = CASE WHEN d.status = 'cancelled' THEN EXCLUDED.next_attempt_at "
             "ELSE d.next_attempt_at END "
             "WHERE d.status IN ('cancelled', 'queued', 'temporary-failure')",
-            event.dossier_code, alert.event_id, due.TEMPLATE, alert.not_before,
-            json.dumps(alert.context, ensure_ascii=False), now)
+            [(code, plan.schedule.event_id, due.TEMPLATE, plan.schedule.not_before,
+              json.dumps(plan.schedule.context, ensure_ascii=False), now)
+             for code, plan in plans.items()
+             if plan.schedule is not None and settings.webhook_url(newest[code].unit_code) is not None])
 
     @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=500)
     async def on_lifecycle(records: Records) -> None:
         events = [DossierLifecycleEvent.model_validate_json(r.value) for r in records if r.value]
         now = datetime.now(UTC)
         contacts, surveys, deliveries = [], [], []
+        names: dict[str, str] = {}
+        for event in events:
+            if event.event_type is EventType.RECEIVED and event.applicant_sealed:
+                contacts.append((event.dossier_code, event.applicant_sealed, event.notify_via))
+            if event.event_type is EventType.RESULT_RETURNED:
+                # The survey link goes out with this message; the row says the dossier may be rated.
+                surveys.append((event.dossier_code, event.unit_code, now))
+            procedure = reference.current.catalog.procedures.get(event.procedure_code)
+            names[event.dossier_code] = procedure_name = procedure.name_vi if procedure else event.procedure_code
+            deliveries += [(event.dossier_code, event.id, item.channel, item.template, now,
+                            json.dumps(item.context, ensure_ascii=False), item.required)
+                           for item in owed(event, event.notify_via, procedure_name, settings.lookup_base_url)]
+        # A few statements for the whole batch; a repeated row changes nothing (each is written once).
         async with database.pool.acquire() as conn, conn.transaction():
-            for event in events:
-                if event.event_type is EventType.RECEIVED and event.applicant_sealed:
-                    contacts.append((event.dossier_code, event.applicant_sealed, event.notify_via))
-                if event.event_type is EventType.RESULT_RETURNED:
-                    # The survey link goes out with this message; the row says the dossier may be rated.
-                    surveys.append((event.dossier_code, event.unit_code, now))
-                procedure = reference.current.catalog.procedures.get(event.procedure_code)
-                procedure_name = procedure.name_vi if procedure else event.procedure_code
-                # In event order, one by one: each event's alert decision reads what the previous one wrote.
-                await schedule_due_alert(conn, event, now, procedure_name)
-                deliveries += [(event.dossier_code, event.id, item.channel, item.template, now,
-                                json.dumps(item.context, ensure_ascii=False), item.required)
-                               for item in owed(event, event.notify_via, procedure_name, settings.lookup_base_url)]
-            # Order does not matter for these (each row is written once, a repeat does nothing): one round
-            # trip each for the whole batch.
+            await schedule_due_alerts(conn, events, now, names)
             await conn.executemany(f"INSERT INTO {SCHEMA}.contacts VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                                    contacts)
             await conn.executemany(f"INSERT INTO {SCHEMA}.surveys (dossier_code, unit_code, invited_at) "
