@@ -565,16 +565,20 @@ class Clock:
             and _offset(received) > time_to_delta(cutoff)
         ):
             moved = self.calendar.next_working_day(day)
-            start = self.opening_at(moved)
+            opening = self.opening_at(moved)
+            # A receipt after the cutoff counts as one after closing, under either policy: moved to the next
+            # opening when after-hours receipts are, else made at this day's close (its day not counted). Never
+            # later than a receipt after closing, or than one on the non-working days that follow.
+            start = opening if self.policy.after_hours_receipt_next_day else self.closing_at(day)
             if explain:
                 steps.append(
                     ExplanationStep(
                         "cutoff",
-                        start.isoformat(),
+                        opening.isoformat(),
                         f"Received after the procedure's {cutoff:%H:%M} cutoff: counting starts from the next "
-                        f"working day, {_instant_en(start)}.",
+                        f"working day, {_instant_en(opening)}.",
                         f"Tiếp nhận sau {cutoff:%H:%M}: thời hạn được tính từ ngày làm việc tiếp theo, "
-                        f"{_instant_vi(start)}.",
+                        f"{_instant_vi(opening)}.",
                         _CUTOFF_SOURCE,
                     )
                 )

@@ -164,6 +164,23 @@ def test_worked_examples_literal_policy(received: str, duration: str, due: str) 
     assert deadline.policy_version.startswith("2026.1~")
 
 
+# Under the literal reading a receipt after the procedure's cutoff counts as one after closing (its day is the
+# uncounted receipt day), so it is never due later than a receipt on the non-working days that follow it: a
+# property test found the Friday before Tết 2025 due a day after the Saturday.
+@pytest.mark.parametrize(("received", "due"), [
+    pytest.param("2025-01-24T15:30", "2025-02-03T17:00", id="friday-before-tet-after-cutoff"),
+    pytest.param("2025-01-24T21:54", "2025-02-03T17:00", id="friday-before-tet-evening"),
+    pytest.param("2025-01-25T00:00", "2025-02-03T17:00", id="the-saturday-after"),
+    pytest.param("2025-01-13T15:30", "2025-01-14T17:00", id="monday-after-cutoff-like-after-closing"),
+    pytest.param("2025-01-13T14:30", "2025-01-14T17:00", id="monday-before-cutoff"),
+])
+def test_literal_policy_counts_a_receipt_after_the_cutoff_as_after_closing(received: str, due: str) -> None:
+    deadline = LITERAL.due(at(received), Duration.parse("1 working_days"), time(15, 0))
+    assert deadline.due_at == at(due)
+    if at(received).hour >= 15:
+        assert "cutoff" in _kinds(deadline.explanation)
+
+
 # ---- explanations -----------------------------------------------------------------------------------------
 
 
