@@ -108,14 +108,18 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         tracker.put(code, part, (province_of(unit), unit, sector), kind, received.timestamp(),
                     due_soon.timestamp() if due_soon else None, due.timestamp() if due else None, now)
 
-    def load(topic: str, state: PartitionState) -> None:
-        drop(topic, set(state.epochs))  # whatever an earlier ownership or a failed batch left behind
+    def put_open(rows: list[store.OpenRow]) -> None:
         now = time.time()
-        for key, value in state.counters:
-            totals.add(key, value)
-        for row in state.open:
+        for row in rows:
             open_dossier(row.code, row.part, row.unit_code, row.sector, row.kind, row.received_at, row.due_soon_at,
                          row.due_at, now)
+
+    def load(topic: str, state: PartitionState) -> None:
+        """Memory for the partitions in `state` from what was stored (the open dossiers unless they went
+        straight into the tracker as they were read)."""
+        for key, value in state.counters:
+            totals.add(key, value)
+        put_open(state.open)
         for part, stage, reason, value in state.rejections:
             rejections_by_part.setdefault(part, {})[(stage, reason)] = value
         if topic == topics.REJECTIONS:
@@ -123,10 +127,11 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         wake.set()
 
     async def take(topic: str, parts: list[int]) -> dict[int, int]:
+        drop(topic, set(parts))  # whatever an earlier ownership left behind
         async with database.pool.acquire() as conn, conn.transaction():
-            state: PartitionState = await store.take_over(conn, topic, parts, instance)
+            state: PartitionState = await store.take_over(conn, topic, parts, instance, put_open)
         load(topic, state)
-        log.info("took %s partitions %s (%d open dossiers)", topic, parts, len(state.open))
+        log.info("took %s partitions %s (%d open dossiers)", topic, parts, state.open_count)
         return state.epochs
 
     async def commit_batch(owner: Ownership, parts: set[int],
@@ -150,6 +155,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         if not owner.still(seen):
             return None  # a rebalance began while committing: the next owner loads what was just written
         if reloaded:
+            drop(owner.topic, set(reloaded.epochs))  # whatever the failed batch left behind
             load(owner.topic, reloaded)
             owner.unsure -= set(reloaded.epochs)
         return written

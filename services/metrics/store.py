@@ -3,7 +3,7 @@ epochs, and the state a new owner loads."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,6 +16,7 @@ from shared.contract.rejections import RejectionRecorded
 from shared.db import Connection
 
 SCHEMA = "metrics"
+OPEN_CHUNK = 10_000
 
 
 class OwnershipMoved(Exception):
@@ -40,12 +41,16 @@ class PartitionState:
     epochs: dict[int, int]
     counters: list[tuple[CounterKey, float]] = field(default_factory=list)
     open: list[OpenRow] = field(default_factory=list)
+    """Empty when the open dossiers were handed over in chunks instead."""
+    open_count: int = 0
     rejections: list[tuple[int, str, str, float]] = field(default_factory=list)
 
 
-async def take_over(conn: Connection, topic: str, parts: Sequence[int], owner: str) -> PartitionState:
+async def take_over(conn: Connection, topic: str, parts: Sequence[int], owner: str,
+                    open_chunks: Callable[[list[OpenRow]], None] | None = None) -> PartitionState:
     """Become the owner of `parts` (a new epoch each) and read their state, in the caller's transaction: a
-    batch of the previous owner still running finishes first (it holds the rows locked)."""
+    batch of the previous owner still running finishes first (it holds the rows locked). With `open_chunks`,
+    open dossiers are handed over in chunks as they are read instead of collected (see `load_state`)."""
     await conn.execute(f"SELECT 1 FROM {SCHEMA}.partition_owner WHERE topic = $1 AND part = ANY($2::int[]) "
                        "ORDER BY part FOR UPDATE", topic, list(parts))
     rows = await conn.fetch(
@@ -53,11 +58,14 @@ async def take_over(conn: Connection, topic: str, parts: Sequence[int], owner: s
         "SELECT $1, part, 1, $3 FROM unnest($2::int[]) AS part ORDER BY part "
         "ON CONFLICT (topic, part) DO UPDATE SET epoch = partition_owner.epoch + 1, owner = EXCLUDED.owner "
         "RETURNING part, epoch", topic, sorted(parts), owner)
-    return await load_state(conn, topic, {row["part"]: row["epoch"] for row in rows})
+    return await load_state(conn, topic, {row["part"]: row["epoch"] for row in rows}, open_chunks)
 
 
-async def load_state(conn: Connection, topic: str, epochs: dict[int, int]) -> PartitionState:
-    """The stored state of the partitions in `epochs`, for memory to start from."""
+async def load_state(conn: Connection, topic: str, epochs: dict[int, int],
+                     open_chunks: Callable[[list[OpenRow]], None] | None = None) -> PartitionState:
+    """The stored state of the partitions in `epochs`, for memory to start from. Open dossiers are read
+    through a cursor: with `open_chunks` each chunk goes there as it arrives (a million open dossiers need
+    neither be held twice nor block the event loop while they load), else into `open`."""
     parts = sorted(epochs)
     state = PartitionState(epochs)
     if topic == topics.REJECTIONS:
@@ -69,9 +77,22 @@ async def load_state(conn: Connection, topic: str, epochs: dict[int, int]) -> Pa
                       for r in await conn.fetch(
                           f"SELECT family, part, unit_code, sector, channel, label, value FROM {SCHEMA}.counters "
                           "WHERE part = ANY($1::int[])", parts)]
-    state.open = [OpenRow(*row) for row in await conn.fetch(
+    cursor = conn.cursor(
         f"SELECT code, part, unit_code, sector, open_kind, received_at, due_soon_at, due_at "
-        f"FROM {SCHEMA}.dossier_progress WHERE part = ANY($1::int[]) AND open_kind IS NOT NULL", parts)]
+        f"FROM {SCHEMA}.dossier_progress WHERE part = ANY($1::int[]) AND open_kind IS NOT NULL", parts,
+        prefetch=OPEN_CHUNK)
+    chunk: list[OpenRow] = []
+    async for row in cursor:
+        chunk.append(OpenRow(*row))
+        if open_chunks is not None and len(chunk) == OPEN_CHUNK:
+            open_chunks(chunk)
+            state.open_count += len(chunk)
+            chunk = []
+    state.open_count += len(chunk)
+    if open_chunks is not None:
+        open_chunks(chunk)
+    else:
+        state.open = chunk
     return state
 
 
