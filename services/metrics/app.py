@@ -128,8 +128,12 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
 
     async def take(topic: str, parts: list[int]) -> dict[int, int]:
         drop(topic, set(parts))  # whatever an earlier ownership left behind
-        async with database.pool.acquire() as conn, conn.transaction():
-            state: PartitionState = await store.take_over(conn, topic, parts, instance, put_open)
+        try:
+            async with database.pool.acquire() as conn, conn.transaction():
+                state: PartitionState = await store.take_over(conn, topic, parts, instance, put_open)
+        except BaseException:
+            drop(topic, set(parts))  # nothing half-loaded stays for partitions this instance did not take
+            raise
         load(topic, state)
         log.info("took %s partitions %s (%d open dossiers)", topic, parts, state.open_count)
         return state.epochs
