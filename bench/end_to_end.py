@@ -42,6 +42,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.metrics_memory import percentile
 from bench.plot import plot
 from bench.resolution_throughput import RESULTS, consume_all, free_port, produce, progress_bar, raw_inserts
 from services.intake.ingress import sign
@@ -58,11 +59,6 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 FLOOR_TOPIC = "bench.floor.v1"
 FLOOR_SAMPLE = 100_000
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
 class LaneSimulator(Simulator):

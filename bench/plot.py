@@ -12,6 +12,8 @@ from typing import Any
 
 from matplotlib.figure import Figure  # without pyplot: no display or global state, files only
 
+from bench.metrics_memory import percentile
+
 
 def rates(timeline: list[dict[str, float]], field: str, window: float = 5.0) -> tuple[list[float], list[float]]:
     """Rate of a cumulative count in the timeline over the last `window` seconds at each sample (from the first
@@ -35,9 +37,9 @@ def completed_median(probes: list[list[float]], times: list[float], window: floa
     seen = sorted((sent + latency, latency) for sent, latency in probes)
     out = []
     for now in times:
-        recent = sorted(latency for at, latency in seen if now - window < at <= now)
+        recent = [latency for at, latency in seen if now - window < at <= now]
         if recent:
-            out.append((now, recent[len(recent) // 2]))
+            out.append((now, percentile(recent, 0.5)))
     return out
 
 
