@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, time, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.catalog import Catalog
 from shared.clock.calendar import WorkingCalendar
@@ -88,13 +88,13 @@ class Dossier(BaseModel):
     completed_at: datetime | None = None
     timeliness: Timeliness | None = None
     time_used_ratio: float | None = None
-    steps: dict[str, StepView] = {}
+    steps: dict[str, StepView] = Field(default_factory=dict)
     last_occurred_at: datetime
-    timeline: list[TimelineEntry] = []
+    timeline: list[TimelineEntry] = Field(default_factory=list)
     calendar_version: str = ""
     policy_version: str = ""
     applicant_sealed: str | None = None
-    notify_via: list[str] = []
+    notify_via: list[str] = Field(default_factory=list)
     reason: str | None = None
 
     # -- reading -----------------------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
@@ -119,6 +120,37 @@ def partition_by_key(key: bytes | None, all_partitions: list[int], available: li
     if key is None:
         return int(DefaultPartitioner()(key, all_partitions, available))
     return all_partitions[_key_hash(key) % len(all_partitions)]
+
+
+Message = tuple[str, bytes | None, bytes]
+"""(topic, key, value) of a record to produce."""
+
+
+async def send_batched(producer: AIOKafkaProducer, messages: Iterable[Message]) -> Awaitable[Any]:
+    """Hands `messages` to `producer` as record batches built here, one per partition (more when one fills),
+    in their order within each partition. The returned awaitable completes when Kafka has them all.
+
+    aiokafka's `send` spends tens of microseconds of Python on each record (a partition lookup, a future, the
+    accumulator's bookkeeping); appending to a batch costs a fraction of that, and at thousands of records
+    a second that difference is most of a producer's CPU. Partitioning is `partition_by_key`'s, as `send`'s."""
+    partitions_of: dict[str, list[int]] = {}
+    open_batches: dict[tuple[str, int], Any] = {}
+    delivered: list[Awaitable[Any]] = []
+    for topic, key, value in messages:
+        partitions = partitions_of.get(topic)
+        if partitions is None:
+            partitions = partitions_of[topic] = sorted(await producer.partitions_for(topic))
+        partition = partition_by_key(key, partitions, partitions)
+        batch = open_batches.get((topic, partition))
+        if batch is None or batch.append(timestamp=None, key=key, value=value) is None:
+            if batch is not None:  # full: it goes now, and the record starts the partition's next batch
+                delivered.append(await producer.send_batch(batch, topic, partition=partition))
+            # A fresh batch takes its first record whatever its size (the broker judges a record too large).
+            batch = open_batches[(topic, partition)] = producer.create_batch()
+            batch.append(timestamp=None, key=key, value=value)
+    for (topic, partition), batch in open_batches.items():
+        delivered.append(await producer.send_batch(batch, topic, partition=partition))
+    return asyncio.gather(*delivered)
 
 
 async def ensure_topics(

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter as Tally
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.resolution.store import OUTBOX_CHANNEL, SCHEMA
+from shared.kafka import send_batched
 
 log = logging.getLogger(__name__)
 RELAY_LOCK = 0x7474_6863  # "tthc": one relay across every resolution instance
@@ -81,10 +83,9 @@ class OutboxRelay:
             if not rows:
                 self.pending.set(0)
                 return 0
-            sends = [await self.producer.send(row["topic"], row["payload"],
-                                              key=row["key"].encode() if row["key"] else None) for row in rows]
-            await asyncio.gather(*sends)
+            await (await send_batched(self.producer, [
+                (row["topic"], row["key"].encode() if row["key"] else None, row["payload"]) for row in rows]))
             await conn.execute(f"DELETE FROM {SCHEMA}.outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
-        for row in rows:
-            self.published.labels(row["topic"]).inc()
+        for topic, count in Tally(row["topic"] for row in rows).items():
+            self.published.labels(topic).inc(count)
         return len(rows)

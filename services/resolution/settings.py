@@ -9,7 +9,7 @@ class ResolutionSettings(CommonSettings):
 
     port: int = 8001
     consumer_group: str = "resolution"
-    max_batch: int = 500
+    max_batch: int = 2000
     consumers: int = 2
     supplement_mode: SupplementMode = SupplementMode.RESTART
     relay_batch: int = 1000

@@ -14,6 +14,8 @@ from shared.dossier import Dossier
 
 SCHEMA = "resolution"
 OUTBOX_CHANNEL = "resolution_outbox"
+EVENT_COLUMNS = ("source", "event_id", "dossier_code", "sequence", "occurred_at", "payload", "refusal", "recorded_at")
+OUTBOX_COLUMNS = ("topic", "key", "payload")
 
 
 async def judged_keys(conn: Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -57,18 +59,18 @@ async def write(conn: Connection, verdicts: Verdicts, now: datetime,
             "unit_code = EXCLUDED.unit_code, snapshot = EXCLUDED.snapshot, updated_at = EXCLUDED.updated_at",
             [(d.code, d.state.value, d.unit_code, d.model_dump_json(), now) for d in verdicts.dossiers.values()],
         )
+    # COPY rather than INSERTs: one stream instead of a statement per row, for this process and for PostgreSQL.
+    # A row already there (another instance judged it first) fails the batch as an INSERT would.
     if verdicts.recorded:
-        await conn.executemany(
-            f"INSERT INTO {SCHEMA}.events (source, event_id, dossier_code, sequence, occurred_at, payload, "
-            "refusal, recorded_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)",
-            [(e.source, e.id, e.dossier_code, sequence, e.occurred_at,
-              received.get((e.source, e.id)) or e.model_dump_json(), refusal, now)
-             for e, sequence, refusal in verdicts.recorded],
+        await conn.copy_records_to_table(
+            "events", schema_name=SCHEMA, columns=EVENT_COLUMNS,
+            records=[(e.source, e.id, e.dossier_code, sequence, e.occurred_at,
+                      received.get((e.source, e.id)) or e.model_dump_json(), refusal, now)
+                     for e, sequence, refusal in verdicts.recorded],
         )
     if verdicts.outbox:
-        await conn.executemany(
-            f"INSERT INTO {SCHEMA}.outbox (topic, key, payload) VALUES ($1, $2, $3)", verdicts.outbox
-        )
+        await conn.copy_records_to_table("outbox", schema_name=SCHEMA, columns=OUTBOX_COLUMNS,
+                                         records=verdicts.outbox)
         await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,6 +31,7 @@ class Duration:
     unit: DurationUnit
 
     @classmethod
+    @functools.lru_cache(maxsize=1024)  # a handful of spellings, parsed again for every step of every dossier
     def parse(cls, text: str) -> Duration:
         match = _PATTERN.match(text)
         if match is None:

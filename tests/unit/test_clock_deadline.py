@@ -4,6 +4,7 @@ docs/timeliness.md), and the classification rules."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -489,3 +490,18 @@ def test_policy_fingerprint_and_mapping() -> None:
         Policy.from_mapping({"due_soon_days": 2})
     with pytest.raises(ValueError, match="negative"):
         Policy(due_soon_working_days=-1)
+
+
+def test_the_fixed_local_zone_agrees_with_the_tz_database_from_1975_on() -> None:
+    """LOCAL_ZONE is a fixed UTC+07:00 for speed; the tz database's Asia/Ho_Chi_Minh must give the same wall
+    clock for every instant a dossier can have (an hour-and-a-bit step visits every hour of the day)."""
+    database_zone = ZoneInfo("Asia/Ho_Chi_Minh")
+    instant, differing = datetime(1975, 6, 13, 17, tzinfo=UTC), []
+    while instant.year < 2100:
+        if instant.astimezone(database_zone).replace(tzinfo=None) != \
+                instant.astimezone(LOCAL_ZONE).replace(tzinfo=None):
+            differing.append(instant)
+        instant += timedelta(hours=25, minutes=7)
+    assert differing == []
+    # Before mid-1975 Saigon kept UTC+08:00, which a fixed zone does not: the check above does see offsets.
+    assert datetime(1970, 1, 1, tzinfo=UTC).astimezone(database_zone).utcoffset() == timedelta(hours=8)
