@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from shared.kafka import ensure_topics, partition_by_key, send_batched
+from shared.kafka import Message, ensure_topics, partition_by_key, send_batched
 from tests.conftest import Infra
 from tests.support import eventually
 
@@ -23,7 +23,8 @@ async def test_records_sent_in_batches_arrive_once_in_order_on_their_keys_partit
     producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers, enable_idempotence=True,
                                 max_batch_size=16 * 1024)
     await producer.start()
-    sent = [(names[n % 2], f"dossier-{n % 40}".encode(), f"{n:06d}".encode() + b"x" * 300) for n in range(3000)]
+    sent: list[Message] = [(names[n % 2], f"dossier-{n % 40}".encode(), f"{n:06d}".encode() + b"x" * 300)
+                           for n in range(3000)]
     sent.append((names[0], None, b"no key"))
     try:
         await (await send_batched(producer, sent))
@@ -51,7 +52,7 @@ async def test_records_sent_in_batches_arrive_once_in_order_on_their_keys_partit
     for topic, key, value in sent:
         expected[(topic, key)].append(value)
     assert received == expected  # each exactly once, and in the order sent within each key
-    for (_topic, key), seen_on in partitions.items():
-        if key is not None:
-            assert seen_on == {partition_by_key(key, [0, 1, 2], [0, 1, 2])}
+    for (_topic, keyed), seen_on in partitions.items():
+        if keyed is not None:
+            assert seen_on == {partition_by_key(keyed, [0, 1, 2], [0, 1, 2])}
 
