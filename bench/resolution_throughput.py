@@ -53,13 +53,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def lifecycles(dossiers: int, keyring: Keyring) -> list[tuple[bytes, bytes]]:
-    """(key, payload) for received -> step started -> resolved of each dossier, interleaved as communes send."""
+def lifecycles(dossiers: int, keyring: Keyring, spread: int = 5_000) -> list[tuple[bytes, bytes]]:
+    """(key, payload) for received -> step started -> resolved of each dossier, interleaved as communes send:
+    `spread` other dossiers move between one event of a dossier and its next, as thousands do between a
+    receipt and its next step, so nearly every later event finds its dossier stored by an earlier batch
+    rather than in its own batch."""
     reference = Reference.load(Policy())
     procedures = list(reference.catalog.procedures.values())
     units = [unit for unit in reference.catalog.units.values() if unit.level == "commune"]
     start = datetime(2025, 3, 3, 1, 0, tzinfo=UTC)
-    out: list[tuple[bytes, bytes]] = []
+    out: list[tuple[int, bytes, bytes]] = []
     for number in range(dossiers):
         unit, procedure = units[number % len(units)], procedures[number % len(procedures)]
         at = start + timedelta(minutes=number % 600)
@@ -74,8 +77,9 @@ def lifecycles(dossiers: int, keyring: Keyring) -> list[tuple[bytes, bytes]]:
             event = EventAccepted(id=f"bench-{number}-{index}", source="urn:bench", event_type=kind,
                                   dossier_code=code, occurred_at=at + timedelta(hours=index), accepted_at=at,
                                   data=data, applicant_sealed=sealed)
-            out.append((code.encode(), event.model_dump_json().encode()))
-    return out
+            out.append((number + index * spread, code.encode(), event.model_dump_json().encode()))
+    out.sort(key=lambda entry: entry[0])
+    return [(key, payload) for _, key, payload in out]
 
 
 async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:

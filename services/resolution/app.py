@@ -41,6 +41,10 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
     reference = ReferenceSource(Policy(supplement_mode=settings.supplement_mode))
     judged = Counter("tthc_resolution_events_total", "Accepted events judged by resolution, by verdict",
                      ["verdict"], registry=registry)
+    snapshots = Counter("tthc_resolution_dossier_reads_total", "Stored dossiers a batch needed, by whether this "
+                        "instance's cache had them as stored (cached) or their snapshot was read", ["source"],
+                        registry=registry)
+    cache = store.DossierCache(settings.dossier_cache_size)
     state: dict[str, Any] = {}
     keyring = keyring_from_settings(settings, "the look-up page checks the applicant's ID digits")
 
@@ -87,13 +91,16 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
                     seen.add((event.source, event.id))
                     fresh.append(event)
             codes = sorted({e.dossier_code for e in fresh})
-            dossiers = await store.lock_dossiers(conn, codes)
+            dossiers, cached = await store.lock_dossiers(conn, codes, cache)
             late = needs_history(fresh, dossiers)
             histories = await store.histories(conn, sorted(late)) if late else {}
             current = reference.current
             verdicts = judge(fresh, dossiers, histories, catalog=current.catalog, clock_for=current.clock_for, now=now)
             verdicts.outbox.extend((topics.REJECTIONS, "", unreadable_refusal(value, now)) for value in unreadable)
             await store.write(conn, verdicts, now, as_received)
+        cache.put(verdicts.dossiers.values(), now)  # committed: what the next batch may take as it stands
+        snapshots.labels("cached").inc(cached)
+        snapshots.labels("read").inc(len(dossiers) - cached)
         judged.labels("accepted").inc(verdicts.accepted)
         judged.labels("refused").inc(verdicts.refused + len(unreadable))
         judged.labels("duplicate").inc(len(events) - len(fresh))

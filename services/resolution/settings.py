@@ -11,6 +11,8 @@ class ResolutionSettings(CommonSettings):
     consumer_group: str = "resolution"
     max_batch: int = 2000
     consumers: int = 2
+    # Dossiers remembered as last written, so a batch does not parse their snapshots again (a few KB each).
+    dossier_cache_size: int = 50_000
     supplement_mode: SupplementMode = SupplementMode.RESTART
     relay_batch: int = 1000
     # Off holds canonical events in the outbox (maintenance, fault drills); they go out when it is on again.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import asyncpg
@@ -27,13 +28,70 @@ async def judged_keys(conn: Connection, keys: list[tuple[str, str]]) -> set[tupl
     return {(row["source"], row["event_id"]) for row in rows}
 
 
-async def lock_dossiers(conn: Connection, codes: list[str]) -> dict[str, Dossier]:
-    """The dossiers' current states, row-locked until the batch commits (another instance waits)."""
+class DossierCache:
+    """Dossiers as this instance last committed them, each with the `updated_at` it was written with.
+
+    Reading a dossier back means parsing its snapshot, which with its timeline costs more than judging an
+    event. A batch asks the database only whether each row still carries the `updated_at` remembered here, and
+    reads the snapshot of those someone else has written since (another instance after a rebalance, a replay).
+    Entries are put only after their batch commits; least recently used ones go beyond `size`."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[datetime, Dossier]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def written_at(self, code: str) -> datetime | None:
+        entry = self._entries.get(code)
+        return entry[0] if entry is not None else None
+
+    def take(self, code: str) -> Dossier | None:
+        entry = self._entries.get(code)
+        if entry is None:
+            return None
+        self._entries.move_to_end(code)
+        return entry[1]
+
+    def put(self, dossiers: Iterable[Dossier], written_at: datetime) -> None:
+        for dossier in dossiers:
+            self._entries[dossier.code] = (written_at, dossier)
+            self._entries.move_to_end(dossier.code)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop(self, codes: Iterable[str]) -> None:
+        for code in codes:
+            self._entries.pop(code, None)
+
+
+async def lock_dossiers(conn: Connection, codes: list[str], cache: DossierCache) -> tuple[dict[str, Dossier], int]:
+    """The dossiers' current states, row-locked until the batch commits (another instance waits), and how many
+    came from `cache` unchanged."""
     rows = await conn.fetch(
-        f"SELECT snapshot FROM {SCHEMA}.dossiers WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE", codes
+        f"SELECT d.code, CASE WHEN d.updated_at = k.written_at THEN NULL ELSE d.snapshot END AS snapshot "
+        f"FROM {SCHEMA}.dossiers d JOIN unnest($1::text[], $2::timestamptz[]) AS k (code, written_at) "
+        "USING (code) ORDER BY d.code FOR UPDATE OF d",
+        codes, [cache.written_at(code) for code in codes],
     )
-    dossiers = [Dossier.model_validate_json(row["snapshot"]) for row in rows]
-    return {dossier.code: dossier for dossier in dossiers}
+    found: dict[str, Dossier] = {}
+    from_cache = 0
+    evicted: list[str] = []  # unchanged, but pushed out of the cache by a concurrent batch meanwhile
+    for row in rows:
+        if row["snapshot"] is not None:
+            found[row["code"]] = Dossier.model_validate_json(row["snapshot"])
+        elif (cached := cache.take(row["code"])) is not None:
+            found[row["code"]] = cached
+            from_cache += 1
+        else:
+            evicted.append(row["code"])
+    if evicted:
+        for row in await conn.fetch(f"SELECT snapshot FROM {SCHEMA}.dossiers WHERE code = ANY($1::text[])", evicted):
+            dossier = Dossier.model_validate_json(row["snapshot"])
+            found[dossier.code] = dossier
+    cache.drop(set(codes) - found.keys())  # remembered here, gone from the database (a rebuilt schema)
+    return found, from_cache
 
 
 async def histories(conn: Connection, codes: list[str]) -> dict[str, list[EventAccepted]]:

@@ -25,7 +25,7 @@ from shared.contract.events import EventType
 from shared.contract.lifecycle import EventAccepted
 from shared.simulator import SOURCE
 from tests.conftest import Infra
-from tests.support import CATALOG, UNIT, cloudevent, dossier_code, eventually, received_data
+from tests.support import CATALOG, UNIT, cloudevent, dossier_code, eventually, metric_total, received_data
 
 pytestmark = pytest.mark.integration
 
@@ -275,3 +275,54 @@ async def test_a_dossier_received_and_resolved_in_one_batch_is_authorised(intake
                                headers={"content-type": "application/cloudevents-batch+json"})
     assert answer.status_code == 202, answer.text
     assert [item["status"] for item in answer.json()["results"]] == ["accepted", "accepted"]
+
+
+async def test_resolution_takes_dossiers_from_its_cache_only_while_the_database_agrees(
+        resolution: httpx.AsyncClient, infra: Infra, database_url: str) -> None:
+    code = dossier_code()
+    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers)
+    await producer.start()
+
+    async def send(payload: bytes) -> None:
+        await producer.send_and_wait(topics.ACCEPTED, payload, key=code.encode())
+
+    async def dossier_in(state: str) -> dict[str, Any] | None:
+        reply = await resolution.get(f"/v1/dossiers/{code}")
+        return reply.json() if reply.status_code == 200 and reply.json()["state"] == state else None
+
+    async def reads(source: str) -> float:
+        return metric_total((await resolution.get("/metrics")).text, "tthc_resolution_dossier_reads_total",
+                            source=source)
+
+    try:
+        await send(accepted(EventType.RECEIVED, code, received_data()))
+        await eventually(lambda: dossier_in("received"), what="the dossier received")
+        await send(accepted(EventType.STEP_STARTED, code, {"step": "thẩm định", "unit_code": UNIT.code}))
+        await eventually(lambda: dossier_in("processing"), what="the step started")
+        assert await reads("cached") == 1  # the batch of the step took the dossier as this instance wrote it
+        assert await reads("read") == 0
+
+        # Someone else changes the dossier (another instance, a replay): the cached copy must not be used.
+        conn = await asyncpg.connect(database_url)
+        try:
+            snapshot = json.loads(await conn.fetchval(
+                "SELECT snapshot FROM resolution.dossiers WHERE code = $1", code))
+            snapshot |= {"state": "paused", "stopped_since": snapshot["last_occurred_at"]}
+            await conn.execute("UPDATE resolution.dossiers SET state = 'paused', snapshot = $2::jsonb, "
+                               "updated_at = now() WHERE code = $1", code, json.dumps(snapshot))
+        finally:
+            await conn.close()
+        await send(accepted(EventType.RESUMED, code, {}))  # possible only from the database's state
+
+        async def resumed() -> dict[str, Any] | None:
+            found = await dossier_in("processing")
+            return found if found and found["timeline"][-1]["event_type"] == "resumed" else None
+
+        await eventually(resumed, what="the dossier resumed")
+    finally:
+        await producer.stop()
+    assert await reads("read") == 1
+    canonical = await records(infra.bootstrap_servers, topics.LIFECYCLE, lambda r: r["dossier_code"] == code, 3)
+    assert [c["event_type"] for c in canonical] == ["received", "step_started", "resumed"]
+    refused = await records(infra.bootstrap_servers, topics.REJECTIONS, lambda r: r.get("subject") == code, 0)
+    assert refused == []

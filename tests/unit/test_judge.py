@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.resolution.judge import judge, needs_history
+from services.resolution.store import DossierCache
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, DossierState
@@ -110,3 +111,16 @@ def test_every_canonical_event_and_snapshot_of_a_full_path_survives_a_round_trip
     [dossier] = verdicts.dossiers.values()
     assert Dossier.model_validate_json(dossier.model_dump_json()) == dossier
     assert dossier == fold(path, CATALOG, RESTART)
+
+
+def test_the_dossier_cache_keeps_the_most_recently_used_and_the_time_each_was_written() -> None:
+    first = fold([received()], CATALOG, RESTART)
+    second, third = (first.model_copy(update={"code": f"{first.code}-{n}"}) for n in (2, 3))
+    cache = DossierCache(size=2)
+    cache.put([first, second], NOW)
+    assert cache.take(first.code) is first  # now the most recently used of the two
+    cache.put([third], NOW + timedelta(seconds=1))
+    assert (len(cache), cache.take(second.code)) == (2, None)
+    assert (cache.written_at(first.code), cache.written_at(third.code)) == (NOW, NOW + timedelta(seconds=1))
+    cache.drop([first.code, "never-there"])
+    assert (cache.take(first.code), cache.written_at(first.code), len(cache)) == (None, None, 1)
