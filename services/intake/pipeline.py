@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -25,6 +24,7 @@ from shared.contract.events import IncomingEvent, Received
 from shared.contract.rejections import EventRefused, FieldProblem, RejectionReason, RejectionRecorded
 from shared.crypto import Keyring
 from shared.db import Connection
+from shared.kafka import Message, send_batched
 from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
@@ -131,33 +131,26 @@ class IntakePipeline:
                                           refusal.detail, refusal.problems)
         if not candidates and not any(r.reason in AUTH_REASONS for r in rejections):
             # Nothing to authorise, dedupe or audit: a flood of malformed input never reaches the database.
-            await asyncio.gather(*[await self._publish(rejection) for rejection in rejections])
+            await (await send_batched(self.producer, [refusal_message(rejection) for rejection in rejections]))
         else:
             async with self.pool.acquire() as conn, conn.transaction():
                 if principal is not None and candidates:
                     candidates = await self._authorized(conn, principal, items, candidates, outcomes, rejections,
                                                         now)
-                sends = [await self._publish(rejection) for rejection in rejections]
+                messages = [refusal_message(rejection) for rejection in rejections]
                 await store.audit(conn, [r for r in rejections if r.reason in AUTH_REASONS],
                                   principal.key_id if principal else None)
                 if candidates:
-                    sends += await self._pass_on(conn, catalog, candidates, outcomes, now)
+                    messages += await self._pass_on(conn, catalog, candidates, outcomes, now)
                 # Committed only once Kafka has every accepted event: a crash before this line leaves the
                 # events unrecorded, so the sender's retry passes them on again (resolution dedupes).
-                await asyncio.gather(*sends)
+                await (await send_batched(self.producer, messages))
         for outcome in outcomes:
             assert outcome is not None
             self.metrics.events.labels(outcome.status.value, channel).inc()
             if outcome.reason:
                 self.metrics.rejections.labels(outcome.reason).inc()
         return [outcome for outcome in outcomes if outcome is not None]
-
-    async def _publish(self, rejection: RejectionRecorded) -> Awaitable[Any]:
-        """Hands `rejection` to the producer; the returned future completes when Kafka has it."""
-        sent: Awaitable[Any] = await self.producer.send(
-            topics.REJECTIONS, rejection.model_dump_json().encode(),
-            key=(rejection.subject or rejection.source or "").encode() or None)
-        return sent
 
     async def _authorized(self, conn: Connection, principal: Principal, items: Sequence[Item],
                           candidates: list[tuple[int, IncomingEvent]],
@@ -181,7 +174,7 @@ class IntakePipeline:
         return allowed
 
     async def _pass_on(self, conn: Connection, catalog: Catalog, candidates: list[tuple[int, IncomingEvent]],
-                       outcomes: list[Outcome | None], now: datetime) -> list[Awaitable[Any]]:
+                       outcomes: list[Outcome | None], now: datetime) -> list[Message]:
         seen = await store.already_accepted(conn, [event.key for _, event in candidates])
         fresh: list[tuple[int, IncomingEvent, str, bool]] = []
         for index, event in candidates:
@@ -203,13 +196,18 @@ class IntakePipeline:
         new_keys = await store.record_accepted(conn, [(e.source, e.id, code) for _, e, code, _ in fresh], now)
         await store.record_units(conn, [(code, e.data.unit_code) for _, e, code, _ in fresh
                                         if e.key in new_keys and isinstance(e.data, Received)])
-        sends: list[Awaitable[Any]] = []
+        messages: list[Message] = []
         for index, event, code, minted in fresh:
             if event.key not in new_keys:
                 outcomes[index] = Outcome(Status.DUPLICATE, event.id, code)
                 continue
             accepted = domain.accept(event, code, minted=minted, keyring=self.keyring, now=now)
-            sends.append(await self.producer.send(topics.ACCEPTED, accepted.model_dump_json().encode(),
-                                                  key=code.encode()))
+            messages.append((topics.ACCEPTED, code.encode(), accepted.model_dump_json().encode()))
             outcomes[index] = Outcome(Status.ACCEPTED, event.id, code)
-        return sends
+        return messages
+
+
+def refusal_message(rejection: RejectionRecorded) -> Message:
+    """A refusal for the rejections topic, keyed by what it concerns."""
+    return (topics.REJECTIONS, (rejection.subject or rejection.source or "").encode() or None,
+            rejection.model_dump_json().encode())
