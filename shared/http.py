@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -94,5 +95,25 @@ class ServiceSettings(Protocol):
 def run_service(name: str, settings: ServiceSettings, build_app: Callable[[Any], FastAPI]) -> None:
     """Run a service until SIGINT or SIGTERM, then shut down gracefully through the lifespan."""
     configure_logging(name, settings.log_level)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+    app = build_app(settings)
+    tune_garbage_collector()
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 access_log=False)
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The cyclic garbage collector's generation thresholds for a service (CPython's defaults are 700, 10, 10).
+
+Measured in resolution's benchmark: with the defaults a service allocating tens of objects per event spent a
+quarter to a third of its CPU in the collector (thousands of young-generation passes and a full pass every
+few seconds over every dossier, record and model in memory). A young generation of 50,000 objects makes
+collections rare and a full pass happen only after 100 passes of the middle one, while the reference cycles
+the services do create (mostly exceptions' tracebacks) are still collected."""
+
+
+def tune_garbage_collector() -> None:
+    """Move everything built at start-up (modules, the app, the catalog) out of the collector's sight, since
+    it lives as long as the process, and collect less often (GC_THRESHOLDS)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
