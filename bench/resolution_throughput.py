@@ -38,7 +38,7 @@ from shared.kafka import ensure_topics
 from shared.reference import Reference
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
-VN_OFFSET = timedelta(hours=7)
+SPREAD = 5_000
 
 
 def progress_bar(done: float, width: int = 20) -> str:
@@ -53,7 +53,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def lifecycles(dossiers: int, keyring: Keyring, spread: int = 5_000) -> list[tuple[bytes, bytes]]:
+def lifecycles(dossiers: int, keyring: Keyring, spread: int = SPREAD) -> list[tuple[bytes, bytes]]:
     """(key, payload) for received -> step started -> resolved of each dossier, interleaved as communes send:
     `spread` other dossiers move between one event of a dossier and its next, as thousands do between a
     receipt and its next step, so nearly every later event finds its dossier stored by an earlier batch
@@ -185,6 +185,9 @@ async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]
             "measured_at": datetime.now(UTC).isoformat(),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "dossiers": dossiers, "events": len(records), "partitions": partitions, "instances": instances,
+            "spread": SPREAD,
+            # Overrides of resolution's settings this run was made with (A/B experiments), if any.
+            "settings": {name: value for name, value in os.environ.items() if name.startswith("RESOLUTION_")},
             "judged": count,
             "resolution_events_per_s": round(rate), "seconds": round(seconds, 2),
             "floor": {"aiokafka_produce_per_s": round(produce_rate), "aiokafka_consume_per_s": round(consume_rate),
