@@ -28,7 +28,7 @@ from typing import Any
 from bench.metrics_memory import SECTORS, rss_bytes
 from bench.resolution_throughput import RESULTS, free_port, progress_bar
 from services.metrics import store
-from services.metrics.app import MIGRATIONS
+from services.metrics.app import MIGRATIONS, track_stored
 from services.metrics.store import SCHEMA
 from services.metrics.tracker import OpenDossiers
 from shared.contract import topics
@@ -74,11 +74,7 @@ async def take(database: ServiceDatabase, parts: list[int]) -> dict[str, float]:
     def put_open(rows: list[store.OpenRow]) -> None:
         nonlocal filling, longest
         began = time.perf_counter()
-        now = time.time()
-        for row in rows:
-            tracker.put(row.code, row.part, (PROVINCE[row.unit_code], row.unit_code, row.sector), row.kind,
-                        row.received_at.timestamp(), row.due_soon_at.timestamp() if row.due_soon_at else None,
-                        row.due_at.timestamp() if row.due_at else None, now)
+        track_stored(tracker, PROVINCE.__getitem__, rows, time.time())
         spent = time.perf_counter() - began
         filling += spent
         longest = max(longest, spent)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from services.metrics import liveboard, store
 from services.metrics.lag import consumer_lag
 from services.metrics.liveboard import LIVEBOARD_HTML
-from services.metrics.series import ExportedState, Totals
+from services.metrics.series import ExportedState, ProvinceOf, Totals
 from services.metrics.settings import MetricsSettings
 from services.metrics.store import SCHEMA, OwnershipMoved, PartitionState
 from services.metrics.timers import run_timers
@@ -77,6 +77,21 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         return all(self.epochs.get(part) == epoch for part, epoch in seen.items())
 
 
+def track_open(tracker: OpenDossiers, province_of: ProvinceOf, code: str, part: int, unit: str, sector: str,
+               kind: str, received: datetime, due_soon: datetime | None, due: datetime | None, now: float) -> None:
+    """An open dossier into the tracker, placed by province, unit and sector, its instants as the timers keep
+    them."""
+    tracker.put(code, part, (province_of(unit), unit, sector), kind, received.timestamp(),
+                due_soon.timestamp() if due_soon else None, due.timestamp() if due else None, now)
+
+
+def track_stored(tracker: OpenDossiers, province_of: ProvinceOf, rows: Iterable[store.OpenRow], now: float) -> None:
+    """Open dossiers read back from the database into the tracker (a take-over, a reload)."""
+    for row in rows:
+        track_open(tracker, province_of, row.code, row.part, row.unit_code, row.sector, row.kind, row.received_at,
+                   row.due_soon_at, row.due_at, now)
+
+
 def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     settings = settings or MetricsSettings()
     registry = CollectorRegistry()
@@ -103,16 +118,8 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
                 summed[key] = summed.get(key, 0.0) + value
         exported.rejections = summed
 
-    def open_dossier(code: str, part: int, unit: str, sector: str, kind: str, received: datetime,
-                     due_soon: datetime | None, due: datetime | None, now: float) -> None:
-        tracker.put(code, part, (province_of(unit), unit, sector), kind, received.timestamp(),
-                    due_soon.timestamp() if due_soon else None, due.timestamp() if due else None, now)
-
     def put_open(rows: list[store.OpenRow]) -> None:
-        now = time.time()
-        for row in rows:
-            open_dossier(row.code, row.part, row.unit_code, row.sector, row.kind, row.received_at, row.due_soon_at,
-                         row.due_at, now)
+        track_stored(tracker, province_of, rows, time.time())
 
     def load(topic: str, state: PartitionState) -> None:
         """Memory for the partitions in `state` from what was stored (the open dossiers unless they went
@@ -214,8 +221,8 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
             if kind is None:
                 tracker.remove(event.dossier_code)
             else:
-                open_dossier(event.dossier_code, part, event.unit_code, event.sector, kind, event.received_at,
-                             event.due_soon_at, event.legal_due_at, now)
+                track_open(tracker, province_of, event.dossier_code, part, event.unit_code, event.sector, kind,
+                           event.received_at, event.due_soon_at, event.legal_due_at, now)
         wake.set()
 
     @batch_subscriber(broker, topics.REJECTIONS, group_id=settings.consumer_group, max_records=1000,
