@@ -38,6 +38,27 @@ SMTP_IDLE_CHECK_SECONDS = 10.0
 FULL_ROUND = 100
 ROUND_SECONDS = 0.05
 
+# A provider's round takes up to $3 of its channel's ($2) oldest messages due by $1 and marks them as being
+# sent. The index on (channel, next_attempt_at) hands over exactly those, whatever waits on other channels.
+CLAIM_FOR_UNITS = (
+    f"UPDATE {SCHEMA}.deliveries d SET status = 'sending', attempts = attempts + 1 "
+    "WHERE (d.dossier_code, d.event_id, d.channel) IN (SELECT dossier_code, event_id, channel "
+    f"FROM {SCHEMA}.deliveries q WHERE channel = $2 AND status IN ('queued', 'temporary-failure') "
+    "AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+    "RETURNING d.dossier_code, d.event_id, d.channel, d.template, d.attempts, d.context"
+)
+"""The webhook channel's round: to a unit's system, not a citizen, so no contact to open, no opt-out."""
+CLAIM_FOR_CITIZENS = (
+    f"UPDATE {SCHEMA}.deliveries d SET status = 'sending', attempts = attempts + 1 "
+    f"FROM {SCHEMA}.contacts c WHERE c.dossier_code = d.dossier_code AND (d.dossier_code, d.event_id, "
+    f"d.channel) IN (SELECT dossier_code, event_id, channel FROM {SCHEMA}.deliveries q "
+    "WHERE channel = $2 AND status IN ('queued', 'temporary-failure') AND next_attempt_at <= $1 "
+    f"AND (required OR NOT EXISTS (SELECT 1 FROM {SCHEMA}.opt_outs o WHERE o.dossier_code = q.dossier_code)) "
+    "ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+    "RETURNING d.dossier_code, d.event_id, d.channel, d.template, d.attempts, d.context, c.sealed"
+)
+"""A citizen channel's round, with the contact to send to; optional messages to one who opted out stay."""
+
 
 def mail(sender: str, to: str, subject: str, body: str, message_id: str) -> MIMEText:
     """The email, through the legacy (compat32) API: the same message for any reader, but the modern
@@ -164,30 +185,12 @@ class Deliverer:
         if room <= 0:
             return 0
         if guard.channel == WEBHOOK:
-            # To a unit's system, not a citizen: no contact to open, no opt-out to honour.
-            rows = await self.pool.fetch(
-                f"UPDATE {SCHEMA}.deliveries d SET status = 'sending', attempts = attempts + 1 "
-                "WHERE (d.dossier_code, d.event_id, d.channel) IN (SELECT dossier_code, event_id, channel "
-                f"FROM {SCHEMA}.deliveries q WHERE channel = $2 AND status IN ('queued', 'temporary-failure') "
-                "AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
-                "RETURNING d.dossier_code, d.event_id, d.channel, d.template, d.attempts, d.context",
-                datetime.now(UTC), guard.channel, room,
-            )
+            rows = await self.pool.fetch(CLAIM_FOR_UNITS, datetime.now(UTC), guard.channel, room)
             for row in rows:
                 await self._send_one(row, guard)
             return len(rows)
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                f"UPDATE {SCHEMA}.deliveries d SET status = 'sending', attempts = attempts + 1 "
-                f"FROM {SCHEMA}.contacts c WHERE c.dossier_code = d.dossier_code AND (d.dossier_code, d.event_id, "
-                f"d.channel) IN (SELECT dossier_code, event_id, channel FROM {SCHEMA}.deliveries q "
-                "WHERE channel = $2 AND status IN ('queued', 'temporary-failure') AND next_attempt_at <= $1 "
-                f"AND (required OR NOT EXISTS (SELECT 1 FROM {SCHEMA}.opt_outs o "
-                "WHERE o.dossier_code = q.dossier_code)) "
-                "ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
-                "RETURNING d.dossier_code, d.event_id, d.channel, d.template, d.attempts, d.context, c.sealed",
-                datetime.now(UTC), guard.channel, room,
-            )
+            rows = await conn.fetch(CLAIM_FOR_CITIZENS, datetime.now(UTC), guard.channel, room)
         for row in rows:
             await self._send_one(row, guard)
         return len(rows)

@@ -1,0 +1,76 @@
+"""The delivery queue under a backlog: one provider's waiting messages never slow the others' rounds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.notify.app import MIGRATIONS
+from services.notify.delivery import CLAIM_FOR_CITIZENS, SCHEMA
+from shared import db
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(database_url)
+    await db.migrate(pool, SCHEMA, MIGRATIONS)
+    yield pool
+    await pool.close()
+
+
+async def queue(pool: asyncpg.Pool, channel: str, count: int, oldest: datetime, prefix: str) -> None:
+    """`count` queued messages on `channel`, one a second from `oldest`, each for a dossier with a contact."""
+    codes = [f"000.00.24.07420-261126-{prefix}{number:06d}" for number in range(count)]
+    await pool.execute(
+        f"INSERT INTO {SCHEMA}.contacts SELECT code, 'sealed', ARRAY[$2] FROM unnest($1::text[]) AS code "
+        "ON CONFLICT DO NOTHING", codes, channel)
+    await pool.execute(
+        f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, next_attempt_at, "
+        "context, created_at) SELECT code, code || ':1', $2, 'received', 'queued', "
+        "$3::timestamptz + make_interval(secs => n), '{}', $3::timestamptz "
+        "FROM unnest($1::text[]) WITH ORDINALITY AS t(code, n)", codes, channel, oldest)
+
+
+def scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from scans(child)
+
+
+async def rows_read_by_a_round(pool: asyncpg.Pool, channel: str, room: int) -> tuple[int, int]:
+    """(rows of `deliveries` the claim read to choose its messages, messages claimed), the claim undone."""
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            explained = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {CLAIM_FOR_CITIZENS}",
+                                            datetime.now(UTC), channel, room)
+        finally:
+            await transaction.rollback()
+    root = json.loads(explained)[0]["Plan"]
+    read = sum(int(node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0))
+               for node in scans(root) if node.get("Relation Name") == "deliveries" and node.get("Alias") == "q")
+    return read, int(root["Actual Rows"])
+
+
+async def test_a_round_reads_only_the_messages_it_takes_however_long_the_queue(pool: asyncpg.Pool) -> None:
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    # A rate-limited SMS gateway has left 20,000 messages waiting, older than any email waiting.
+    await queue(pool, "sms", 20_000, hour_ago - timedelta(days=1), "SM")
+    await queue(pool, "email", 300, hour_ago, "EM")
+    await pool.execute(f"ANALYZE {SCHEMA}.deliveries")
+
+    read, claimed = await rows_read_by_a_round(pool, "email", 20)
+    assert claimed == 20
+    assert read <= 40, f"the email round read {read} rows to take 20 of 300: it reads the backlog, not the oldest due"
+
+    read, claimed = await rows_read_by_a_round(pool, "sms", 20)
+    assert claimed == 20
+    assert read <= 40, f"the SMS round read {read} rows of its backlog to take 20"
