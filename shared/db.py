@@ -16,8 +16,12 @@ Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record] | asyncpg.Connectio
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
-async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, command_timeout=60)
+async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10,
+                      application_name: str | None = None) -> asyncpg.Pool:
+    """`application_name` tells the server who is connected (pg_stat_activity, logs)."""
+    settings = {"application_name": application_name} if application_name else None
+    pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, command_timeout=60,
+                                     server_settings=settings)
     assert pool is not None
     return pool
 
@@ -30,9 +34,10 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: Path) -> list[str
     files = sorted(path for path in migrations.iterdir() if _MIGRATION.match(path.name))  # noqa: ASYNC240 - a few files at start
     applied: list[str] = []
     async with pool.acquire() as conn:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        # The lock first: two `CREATE SCHEMA IF NOT EXISTS` at once can both find it missing, and one fails.
         await conn.execute("SELECT pg_advisory_lock(hashtext($1))", schema)
         try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             await conn.execute(
                 f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
                 "version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -68,7 +73,7 @@ class ServiceDatabase:
         return self._pool
 
     async def open(self) -> asyncpg.Pool:
-        pool = await create_pool(self.database_url, max_size=self.max_size)
+        pool = await create_pool(self.database_url, max_size=self.max_size, application_name=self.schema)
         await migrate(pool, self.schema, self.migrations)
         self._pool = pool
         return pool
