@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -115,6 +116,7 @@ async def main(open_dossiers: int, partitions: int) -> dict[str, Any]:
         await database.close()
         if postgres is not None:
             postgres.stop()
+            shutil.rmtree(postgres.data_dir.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

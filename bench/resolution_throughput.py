@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import socket
 import sys
 import tempfile
@@ -202,6 +203,7 @@ async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]
             kafka.stop()
         if postgres is not None:
             postgres.stop()
+        shutil.rmtree(home, ignore_errors=True)  # the broker's and the database's files: a gigabyte a run
 
 
 if __name__ == "__main__":

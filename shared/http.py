@@ -6,10 +6,10 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Query, Response
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -20,6 +20,12 @@ from shared.reference import ReferenceCollector, ReferenceSource
 from shared.settings import CommonSettings
 
 Hook = Callable[[], Awaitable[None]]
+
+
+def metrics_registry() -> CollectorRegistry:
+    """A service's Prometheus registry. Its custom collectors declare no names up front, so a restricted
+    export (`/metrics?name[]=...`) must still ask them and keep the samples named."""
+    return CollectorRegistry(support_collectors_without_names=True)
 
 
 async def _nothing() -> None:
@@ -77,8 +83,11 @@ def service_app(
         return {"status": "not ready"}
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(names: Annotated[list[str] | None, Query(alias="name[]")] = None) -> Response:
+        # `?name[]=family_total` exports only those samples, as Prometheus' own handler allows: a watcher
+        # polling one counter many times a second must not cost a full export each time.
+        source = registry.restricted_registry(names) if names else registry
+        return Response(generate_latest(source), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry
 
 from services.intake import domain, store
 from services.intake.ingress import signed_runs
@@ -25,7 +24,7 @@ from shared.contract.events import CloudEvent
 from shared.contract.rejections import EventRefused, RejectionReason
 from shared.crypto import keyring_from_settings
 from shared.db import ServiceDatabase
-from shared.http import service_app
+from shared.http import metrics_registry, service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import Records, batch_subscriber, make_broker, make_producer
 from shared.reference import ReferenceSource
@@ -71,7 +70,7 @@ def procedure_view(procedure: Procedure) -> dict[str, Any]:
 
 def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
-    registry = CollectorRegistry()
+    registry = metrics_registry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="intake", settings=settings)
     metrics = IntakeMetrics(registry)
     reference = ReferenceSource()

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
-from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from services.metrics import liveboard, store
@@ -34,7 +33,7 @@ from shared.contract import topics
 from shared.contract.lifecycle import DossierLifecycleEvent
 from shared.contract.rejections import RejectionRecorded
 from shared.db import Connection, ServiceDatabase
-from shared.http import service_app
+from shared.http import metrics_registry, service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import Records, batch_subscriber, make_broker
 from shared.reference import ReferenceSource
@@ -94,7 +93,7 @@ def track_stored(tracker: OpenDossiers, province_of: ProvinceOf, rows: Iterable[
 
 def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     settings = settings or MetricsSettings()
-    registry = CollectorRegistry()
+    registry = metrics_registry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="metrics", settings=settings)
     reference = ReferenceSource()
     database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)

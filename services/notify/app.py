@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from services.notify import due, pages, stats
@@ -26,7 +25,7 @@ from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent
 from shared.crypto import keyring_from_settings
 from shared.db import ServiceDatabase
-from shared.http import service_app
+from shared.http import metrics_registry, service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import Records, batch_subscriber, make_broker
 from shared.reference import ReferenceSource
@@ -48,7 +47,7 @@ class DeliveryReport(BaseModel):
 
 def build_app(settings: NotifySettings | None = None) -> FastAPI:
     settings = settings or NotifySettings()
-    registry = CollectorRegistry()
+    registry = metrics_registry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="notify", settings=settings)
     reference = ReferenceSource()
     keyring = keyring_from_settings(settings, "notify opens sealed contacts to send messages")

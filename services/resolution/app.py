@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from services.resolution import lookup, store
@@ -25,7 +25,7 @@ from shared.contract.lifecycle import EventAccepted
 from shared.contract.rejections import RejectionReason, RejectionRecorded, Stage
 from shared.crypto import keyring_from_settings
 from shared.db import ServiceDatabase
-from shared.http import service_app
+from shared.http import metrics_registry, service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import Records, batch_subscriber, make_broker, make_producer
 from shared.reference import ReferenceSource
@@ -36,7 +36,7 @@ MIGRATIONS = PROJECT_ROOT / "services" / "resolution" / "migrations"
 
 def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
     settings = settings or ResolutionSettings()
-    registry = CollectorRegistry()
+    registry = metrics_registry()
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="resolution", settings=settings)
     reference = ReferenceSource(Policy(supplement_mode=settings.supplement_mode))
     judged = Counter("tthc_resolution_events_total", "Accepted events judged by resolution, by verdict",

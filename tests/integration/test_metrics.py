@@ -142,6 +142,12 @@ async def test_a_restart_reading_every_topic_again_counts_nothing_twice(infra: I
                 assert totals == first
             assert metric_total(text, "tthc_dossiers_received_total", unit=unit) == 20
             assert metric_total(text, "tthc_dossiers_completed_total", unit=unit) == 10
+            # Only the families asked for, with the same values as the full export.
+            chosen = (await client.get("/metrics", params={"name[]": "tthc_dossiers_received_total"})).text
+            samples = [line for line in chosen.splitlines() if line and not line.startswith("#")]
+            assert samples
+            assert all(line.startswith("tthc_dossiers_received_total{") for line in samples)
+            assert metric_total(chosen, "tthc_dossiers_received_total", unit=unit) == 20
 
 
 async def count_rejections(bootstrap: str) -> Counter[str]:
