@@ -21,16 +21,37 @@ class Snapshot:
         self.answers: dict[tuple[str, str], int] = {}
 
 
+COMPACT_ABOVE = 1_000
+"""Rows of a counts table beyond which a scrape folds it into one row per key."""
+
+
 async def read(conn: Any) -> Snapshot:
+    """The counts as of now, from the tables the triggers of migration 0007 keep; a scrape that finds many
+    rows per key folds them. Deleting exactly the rows read and inserting their sums is safe alongside writers
+    and another instance doing the same: each only ever removes rows it saw, and adds back what they held."""
     snapshot = Snapshot()
-    rows = await conn.fetch(f"SELECT channel, status, count(*) AS n FROM {SCHEMA}.deliveries GROUP BY 1, 2")
+    rows = await conn.fetch(f"SELECT channel, status, sum(n) AS n, count(*) AS parts FROM {SCHEMA}.delivery_counts "
+                            "GROUP BY 1, 2 HAVING sum(n) <> 0")
     snapshot.deliveries = {(r["channel"], r["status"]): int(r["n"]) for r in rows}
-    rows = await conn.fetch(f"SELECT unit_code, rating, count(*) AS n FROM {SCHEMA}.surveys GROUP BY 1, 2")
+    parts = sum(r["parts"] for r in rows)
+    rows = await conn.fetch(f"SELECT unit_code, rating, sum(n) AS n, count(*) AS parts FROM {SCHEMA}.survey_counts "
+                            "GROUP BY 1, 2 HAVING sum(n) <> 0")
     for r in rows:
-        snapshot.invited[r["unit_code"]] = snapshot.invited.get(r["unit_code"], 0) + int(r["n"])
-        if r["rating"] is not None:
+        if r["rating"] is None:
+            snapshot.invited[r["unit_code"]] = int(r["n"])
+        else:
             snapshot.answers[(r["unit_code"], r["rating"])] = int(r["n"])
+    if parts > COMPACT_ABOVE:
+        await compact(conn, "delivery_counts", "channel, status")
+    if sum(r["parts"] for r in rows) > COMPACT_ABOVE:
+        await compact(conn, "survey_counts", "unit_code, rating")
     return snapshot
+
+
+async def compact(conn: Any, table: str, key: str) -> None:
+    await conn.execute(f"WITH gone AS (DELETE FROM {SCHEMA}.{table} RETURNING {key}, n) "
+                       f"INSERT INTO {SCHEMA}.{table} SELECT {key}, sum(n) FROM gone GROUP BY {key} "
+                       "HAVING sum(n) <> 0")
 
 
 class NotifyCollector(Collector):
