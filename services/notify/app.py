@@ -116,10 +116,19 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
             [f"cancelled by {newest[code].id} ({newest[code].event_type.value})" for code in plans])
         # A waiting alert takes the dossier as it now stands; a cancelled one for this same due instant comes
         # back (the due instant moved there again); one sent or being sent stays as it is: once only.
-        await conn.executemany(
+        alerts = [(code, plan.schedule.event_id, plan.schedule.not_before,
+                   json.dumps(plan.schedule.context, ensure_ascii=False))
+                  for code, plan in plans.items()
+                  if plan.schedule is not None and settings.webhook_url(newest[code].unit_code) is not None]
+        if not alerts:
+            return
+        # One statement (a dossier has one alert here, so no row is hit twice): the counting triggers run once.
+        await conn.execute(
             f"INSERT INTO {SCHEMA}.deliveries AS d (dossier_code, event_id, channel, template, status, "
             "next_attempt_at, context, created_at, required) "
-            f"VALUES ($1, $2, '{WEBHOOK}', $3, 'queued', $4, $5::jsonb, $6, true) "
+            f"SELECT code, event_id, '{WEBHOOK}', $5, 'queued', not_before, context::jsonb, $6, true "
+            "FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) "
+            "AS t(code, event_id, not_before, context) "
             "ON CONFLICT (dossier_code, event_id, channel) DO UPDATE SET context = EXCLUDED.context, "
             "status = CASE WHEN d.status = 'cancelled' THEN 'queued' ELSE d.status END, "
             "attempts = CASE WHEN d.status = 'cancelled' THEN 0 ELSE d.attempts END, "
@@ -127,10 +136,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
             "next_attempt_at = CASE WHEN d.status = 'cancelled' THEN EXCLUDED.next_attempt_at "
             "ELSE d.next_attempt_at END "
             "WHERE d.status IN ('cancelled', 'queued', 'temporary-failure')",
-            [(code, plan.schedule.event_id, due.TEMPLATE, plan.schedule.not_before,
-              json.dumps(plan.schedule.context, ensure_ascii=False), now)
-             for code, plan in plans.items()
-             if plan.schedule is not None and settings.webhook_url(newest[code].unit_code) is not None])
+            *map(list, zip(*alerts, strict=True)), due.TEMPLATE, now)
 
     @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=500)
     async def on_lifecycle(records: Records) -> None:
