@@ -58,6 +58,12 @@ CLAIM_FOR_CITIZENS = (
     "RETURNING d.dossier_code, d.event_id, d.channel, d.template, d.attempts, d.context, c.sealed"
 )
 """A citizen channel's round, with the contact to send to; optional messages to one who opted out stay."""
+SET_ASIDE_OPTED_OUT = (
+    f"UPDATE {SCHEMA}.deliveries d SET status = 'opted-out' FROM {SCHEMA}.opt_outs o "
+    "WHERE o.dossier_code = d.dossier_code AND NOT d.required "
+    "AND d.status IN ('queued', 'temporary-failure') RETURNING d.channel"
+)
+"""Optional messages waiting for citizens who opted out, recorded as such (the rounds already skip them)."""
 
 
 def mail(sender: str, to: str, subject: str, body: str, message_id: str) -> MIMEText:
@@ -171,10 +177,7 @@ class Deliverer:
         suppressed = []
         if time.monotonic() - self._suppressed_at >= 1.0:
             self._suppressed_at = time.monotonic()
-            suppressed = await self.pool.fetch(
-                f"UPDATE {SCHEMA}.deliveries d SET status = 'opted-out' FROM {SCHEMA}.opt_outs o "
-                "WHERE o.dossier_code = d.dossier_code AND NOT d.required "
-                "AND d.status IN ('queued', 'temporary-failure') RETURNING d.channel")
+            suppressed = await self.pool.fetch(SET_ASIDE_OPTED_OUT)
         for row in suppressed:
             self.outcomes.labels(row["channel"], "opted-out").inc()
         handled = await asyncio.gather(*(self._deliver_channel(guard) for guard in self.guards.values()))

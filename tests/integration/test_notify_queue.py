@@ -1,4 +1,4 @@
-"""The delivery queue under a backlog: one provider's waiting messages never slow the others' rounds."""
+"""The delivery queue under a backlog: its rounds and the opt-out sweep read only the rows they change."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from services.notify.app import MIGRATIONS
-from services.notify.delivery import CLAIM_FOR_CITIZENS, SCHEMA
+from services.notify.delivery import CLAIM_FOR_CITIZENS, SCHEMA, SET_ASIDE_OPTED_OUT
 from shared import db
 
 pytestmark = pytest.mark.integration
@@ -44,20 +44,28 @@ def scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from scans(child)
 
 
-async def rows_read_by_a_round(pool: asyncpg.Pool, channel: str, room: int) -> tuple[int, int]:
-    """(rows of `deliveries` the claim read to choose its messages, messages claimed), the claim undone."""
+async def explained(pool: asyncpg.Pool, statement: str, *arguments: object) -> dict[str, Any]:
+    """The plan of `statement` as it ran, its changes undone."""
     async with pool.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()
         try:
-            explained = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {CLAIM_FOR_CITIZENS}",
-                                            datetime.now(UTC), channel, room)
+            plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", *arguments)
         finally:
             await transaction.rollback()
-    root = json.loads(explained)[0]["Plan"]
-    read = sum(int(node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0))
-               for node in scans(root) if node.get("Relation Name") == "deliveries" and node.get("Alias") == "q")
-    return read, int(root["Actual Rows"])
+    return dict(json.loads(plan)[0]["Plan"])
+
+
+def rows_read(root: dict[str, Any], alias: str) -> int:
+    """Rows of `deliveries` (under `alias`) the plan read, kept or filtered out."""
+    return sum(int(node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0))
+               for node in scans(root) if node.get("Relation Name") == "deliveries" and node.get("Alias") == alias)
+
+
+async def rows_read_by_a_round(pool: asyncpg.Pool, channel: str, room: int) -> tuple[int, int]:
+    """(rows of `deliveries` the claim read to choose its messages, messages claimed)."""
+    root = await explained(pool, CLAIM_FOR_CITIZENS, datetime.now(UTC), channel, room)
+    return rows_read(root, "q"), int(root["Actual Rows"])
 
 
 async def test_a_round_reads_only_the_messages_it_takes_however_long_the_queue(pool: asyncpg.Pool) -> None:
@@ -74,3 +82,15 @@ async def test_a_round_reads_only_the_messages_it_takes_however_long_the_queue(p
     read, claimed = await rows_read_by_a_round(pool, "sms", 20)
     assert claimed == 20
     assert read <= 40, f"the SMS round read {read} rows of its backlog to take 20"
+
+
+async def test_setting_aside_opted_out_messages_reads_theirs_only(pool: asyncpg.Pool) -> None:
+    await queue(pool, "sms", 20_000, datetime.now(UTC) - timedelta(days=1), "SM")
+    await pool.execute(f"UPDATE {SCHEMA}.deliveries SET required = false")
+    opted_out = [f"000.00.24.07420-261126-SM{number:06d}" for number in (7, 700, 7_000)]
+    await pool.executemany(f"INSERT INTO {SCHEMA}.opt_outs VALUES ($1, now())", [(code,) for code in opted_out])
+    await pool.execute(f"ANALYZE {SCHEMA}.deliveries; ANALYZE {SCHEMA}.opt_outs")
+
+    root = await explained(pool, SET_ASIDE_OPTED_OUT)
+    assert int(root["Actual Rows"]) == 3
+    assert rows_read(root, "d") <= 10, "the sweep read the waiting messages, not the opted-out citizens'"
