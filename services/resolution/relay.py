@@ -76,16 +76,19 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), self.idle_poll)
 
     async def publish_once(self) -> int:
+        # Taken out of the outbox and sent in one transaction: if the send fails, the rollback puts the rows
+        # back; if this process dies after the send, they were never deleted and go again (consumers dedupe).
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                f"SELECT id, topic, key, payload FROM {SCHEMA}.outbox ORDER BY id LIMIT $1", self.batch
+            taken = await conn.fetch(
+                f"DELETE FROM {SCHEMA}.outbox WHERE id IN (SELECT id FROM {SCHEMA}.outbox ORDER BY id LIMIT $1) "
+                "RETURNING id, topic, key, payload", self.batch,
             )
-            if not rows:
+            if not taken:
                 self.pending.set(0)
                 return 0
+            rows = sorted(taken, key=lambda row: row["id"])  # RETURNING keeps no order; Kafka gets commit order
             await (await send_batched(self.producer, [
                 (row["topic"], row["key"].encode() if row["key"] else None, row["payload"]) for row in rows]))
-            await conn.execute(f"DELETE FROM {SCHEMA}.outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
         for topic, count in Tally(row["topic"] for row in rows).items():
             self.published.labels(topic).inc(count)
         return len(rows)
