@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -14,6 +15,12 @@ Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record] | asyncpg.Connectio
 """A connection, acquired from a pool or made on its own."""
 
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def columns(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """Rows as one list per column: the arrays of an `INSERT … SELECT FROM unnest($1, $2, …)`, one statement for
+    a batch instead of one per row. At least one row: with none there are no columns to pass."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10,

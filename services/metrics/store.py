@@ -13,7 +13,7 @@ from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
 from shared.contract.lifecycle import DossierLifecycleEvent
 from shared.contract.rejections import RejectionRecorded
-from shared.db import Connection
+from shared.db import Connection, columns
 
 SCHEMA = "metrics"
 OPEN_CHUNK = 10_000
@@ -146,8 +146,7 @@ async def record_lifecycle(conn: Connection, events: list[tuple[int, DossierLife
             "open_kind = EXCLUDED.open_kind, due_at = EXCLUDED.due_at, due_soon_at = EXCLUDED.due_soon_at, "
             "received_on = EXCLUDED.received_on, completed_on = EXCLUDED.completed_on, "
             "timeliness = EXCLUDED.timeliness, received_at = EXCLUDED.received_at",
-            *map(list, zip(*(_progress_row(event, part, kind) for event, part, kind in latest.values()),
-                           strict=True)),
+            *columns(_progress_row(event, part, kind) for event, part, kind in latest.values()),
         )
     if deltas:
         await conn.execute(
@@ -155,7 +154,7 @@ async def record_lifecycle(conn: Connection, events: list[tuple[int, DossierLife
             "$5::text[], $6::text[], $7::float8[]) "
             "ON CONFLICT (family, part, unit_code, sector, channel, label) "
             "DO UPDATE SET value = counters.value + EXCLUDED.value",
-            *map(list, zip(*((*key, value) for key, value in deltas.items()), strict=True)),
+            *columns((*key, value) for key, value in deltas.items()),
         )
     return Applied(deltas, list(latest.values()))
 

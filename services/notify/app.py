@@ -24,7 +24,7 @@ from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent
 from shared.crypto import keyring_from_settings
-from shared.db import ServiceDatabase
+from shared.db import ServiceDatabase, columns
 from shared.http import metrics_registry, service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import Records, batch_subscriber, make_broker
@@ -136,7 +136,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
             "next_attempt_at = CASE WHEN d.status = 'cancelled' THEN EXCLUDED.next_attempt_at "
             "ELSE d.next_attempt_at END "
             "WHERE d.status IN ('cancelled', 'queued', 'temporary-failure')",
-            *map(list, zip(*alerts, strict=True)), due.TEMPLATE, now)
+            *columns(alerts), due.TEMPLATE, now)
 
     @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=500)
     async def on_lifecycle(records: Records) -> None:
@@ -164,7 +164,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
             if surveys:
                 await conn.execute(f"INSERT INTO {SCHEMA}.surveys (dossier_code, unit_code, invited_at) "
                                    "SELECT *, $3 FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-                                   *map(list, zip(*surveys, strict=True)), now)
+                                   *columns(surveys), now)
             if deliveries:
                 await conn.execute(
                     f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, "
@@ -172,7 +172,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
                     "SELECT code, event_id, channel, template, 'queued', $7, context::jsonb, $7, required "
                     "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[]) "
                     "AS t(code, event_id, channel, template, context, required) ON CONFLICT DO NOTHING",
-                    *map(list, zip(*deliveries, strict=True)), now)
+                    *columns(deliveries), now)
         state["deliverer"].wake.set()
 
     @app.get("/v1/notifications", summary="Delivery status of a dossier's notifications")
