@@ -11,6 +11,7 @@ TTHC_SOAK_SECONDS=600 repeats rounds under load for that long (`make soak`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -197,7 +198,9 @@ async def load(stack: Stack, ledger: Ledger, stop: asyncio.Event) -> int:
             running.add(task)
             task.add_done_callback(running.discard)
             started += 1
-            await asyncio.sleep(1 / RATE)  # the pace of a busy province's counters
+            # The pace of a busy province's counters, cut short as soon as the load is told to stop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1 / RATE)
         await asyncio.gather(*running)
     return started
 
