@@ -30,20 +30,22 @@ async def read(conn: Any) -> Snapshot:
     rows per key folds them. Deleting exactly the rows read and inserting their sums is safe alongside writers
     and another instance doing the same: each only ever removes rows it saw, and adds back what they held."""
     snapshot = Snapshot()
-    rows = await conn.fetch(f"SELECT channel, status, sum(n) AS n, count(*) AS parts FROM {SCHEMA}.delivery_counts "
-                            "GROUP BY 1, 2 HAVING sum(n) <> 0")
-    snapshot.deliveries = {(r["channel"], r["status"]): int(r["n"]) for r in rows}
-    parts = sum(r["parts"] for r in rows)
-    rows = await conn.fetch(f"SELECT unit_code, rating, sum(n) AS n, count(*) AS parts FROM {SCHEMA}.survey_counts "
-                            "GROUP BY 1, 2 HAVING sum(n) <> 0")
-    for r in rows:
+    # Every key's rows, those summing to zero too: they count towards folding, though not exported.
+    deliveries = await conn.fetch(f"SELECT channel, status, sum(n) AS n, count(*) AS parts "
+                                  f"FROM {SCHEMA}.delivery_counts GROUP BY 1, 2")
+    snapshot.deliveries = {(r["channel"], r["status"]): int(r["n"]) for r in deliveries if r["n"]}
+    surveys = await conn.fetch(f"SELECT unit_code, rating, sum(n) AS n, count(*) AS parts "
+                               f"FROM {SCHEMA}.survey_counts GROUP BY 1, 2")
+    for r in surveys:
+        if not r["n"]:
+            continue
         if r["rating"] is None:
             snapshot.invited[r["unit_code"]] = int(r["n"])
         else:
             snapshot.answers[(r["unit_code"], r["rating"])] = int(r["n"])
-    if parts > COMPACT_ABOVE:
+    if sum(r["parts"] for r in deliveries) > COMPACT_ABOVE:
         await compact(conn, "delivery_counts", "channel, status")
-    if sum(r["parts"] for r in rows) > COMPACT_ABOVE:
+    if sum(r["parts"] for r in surveys) > COMPACT_ABOVE:
         await compact(conn, "survey_counts", "unit_code, rating")
     return snapshot
 
