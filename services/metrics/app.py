@@ -106,7 +106,8 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     tracker = OpenDossiers()
     totals = Totals(province_of)
     exported = ExportedState(totals, tracker, time.time)
-    registry.register(exported)
+    for collector in exported.collectors():
+        registry.register(collector)
     rejections_by_part: dict[int, dict[tuple[str, str], float]] = {}
     wake = asyncio.Event()
 

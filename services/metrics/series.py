@@ -9,10 +9,11 @@ unit × sector × channel × state would pass 2M.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable
+from functools import partial
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from services.metrics.tally import RATIO_BUCKETS, CounterKey
@@ -87,8 +88,9 @@ class Totals:
                         del self.series[name]
 
 
-class ExportedState(Collector):
-    """The custom collector: counters from `Totals`, open dossiers from the tracker, rejections as loaded."""
+class ExportedState:
+    """What the custom collectors export: counters from `Totals`, open dossiers from the tracker, rejections as
+    loaded, partitions owned and consumer lag."""
 
     def __init__(self, totals: Totals, tracker: OpenDossiers, now: Callable[[], float]) -> None:
         self.totals = totals
@@ -99,49 +101,77 @@ class ExportedState(Collector):
         """topic -> partitions owned, exported so that dashboards can see the split between instances."""
         self.lag: dict[tuple[str, str], int] = {}
 
-    def collect(self) -> Iterator[Any]:
-        counters = {name: CounterMetricFamily(metric, help_text, labels=labels)
-                    for name, (metric, help_text, labels) in COUNTER_FAMILIES.items()}
+    def collectors(self) -> list[Collector]:
+        """One collector per family, each naming its family up front, so that a restricted export
+        (`/metrics?name[]=...`) builds only the families asked for: a watcher polling one counter many times a
+        second must not pay for every series of the country each time."""
+        counters = [_Family(partial(CounterMetricFamily, metric, help_text, labels=labels),
+                            partial(self._fill_counter, name))
+                    for name, (metric, help_text, labels) in COUNTER_FAMILIES.items()]
+        return [
+            *counters,
+            _Family(partial(HistogramMetricFamily, "tthc_working_time_used_ratio", "Working time used relative to "
+                            "the legal time, at completion, per province and sector", labels=["province", "sector"]),
+                    self._fill_ratio),
+            _Family(partial(GaugeMetricFamily, "tthc_dossiers_open", "Open dossiers by state",
+                            labels=["province", "unit", "state"]),
+                    lambda family: _fill(family, self.tracker.by_unit.items())),
+            _Family(partial(GaugeMetricFamily, "tthc_sector_dossiers_open", "Open dossiers per province and sector, "
+                            "by state", labels=["province", "sector", "state"]),
+                    lambda family: _fill(family, self.tracker.by_sector.items())),
+            _Family(partial(GaugeMetricFamily, "tthc_oldest_open_dossier_age_seconds",
+                            "Age of each unit's oldest open dossier", labels=["province", "unit"]),
+                    self._fill_oldest),
+            _Family(partial(CounterMetricFamily, "tthc_rejections", "Inputs refused, by stage and reason",
+                            labels=["stage", "reason"]),
+                    lambda family: _fill(family, self.rejections.items())),
+            _Family(partial(GaugeMetricFamily, "tthc_metrics_partitions_owned",
+                            "Partitions this metrics instance counts", labels=["topic"]),
+                    lambda family: _fill(family, (((topic,), len(parts)) for topic, parts in self.owned.items()))),
+            _Family(partial(GaugeMetricFamily, "tthc_consumer_lag",
+                            "Records each service's consumer group has yet to commit", labels=["group", "topic"]),
+                    lambda family: _fill(family, self.lag.items())),
+        ]
+
+    def _fill_counter(self, name: str, family: Any) -> None:
+        _fill(family, ((tuple(labels), value) for (series, *labels), value in self.totals.series.items()
+                       if series == name))
+
+    def _fill_ratio(self, family: Any) -> None:
         buckets: dict[tuple[str, ...], dict[str, float]] = defaultdict(dict)
         sums: dict[tuple[str, ...], float] = defaultdict(float)
-        for (name, *labels), value in sorted(self.totals.series.items()):
-            if name in counters:
-                counters[name].add_metric(labels, value)
-            elif name == "ratio_bucket":
+        for (name, *labels), value in self.totals.series.items():
+            if name == "ratio_bucket":
                 buckets[tuple(labels[:2])][labels[2]] = value
             elif name == "ratio_sum":
                 sums[tuple(labels)] = value
-        yield from counters.values()
-        ratio = HistogramMetricFamily("tthc_working_time_used_ratio", "Working time used relative to the legal "
-                                      "time, at completion, per province and sector", labels=["province", "sector"])
         for group, by_bound in sorted(buckets.items()):
             ordered = [(str(bound), by_bound.get(str(bound), 0.0)) for bound in RATIO_BUCKETS]
             ordered.append(("+Inf", by_bound.get("+Inf", 0.0)))
-            ratio.add_metric(list(group), ordered, sums[group])
-        yield ratio
-        by_unit = GaugeMetricFamily("tthc_dossiers_open", "Open dossiers by state",
-                                    labels=["province", "unit", "state"])
-        for unit_state, count in sorted(self.tracker.by_unit.items()):
-            by_unit.add_metric(list(unit_state), count)
-        by_sector = GaugeMetricFamily("tthc_sector_dossiers_open", "Open dossiers per province and sector, by state",
-                                      labels=["province", "sector", "state"])
-        for sector_state, count in sorted(self.tracker.by_sector.items()):
-            by_sector.add_metric(list(sector_state), count)
-        oldest = GaugeMetricFamily("tthc_oldest_open_dossier_age_seconds",
-                                   "Age of each unit's oldest open dossier", labels=["province", "unit"])
+            family.add_metric(list(group), ordered, sums[group])
+
+    def _fill_oldest(self, family: Any) -> None:
         now = self.now()
-        for province_unit, received in sorted(self.tracker.oldest_received().items()):
-            oldest.add_metric(list(province_unit), max(0.0, now - received))
-        rejections = CounterMetricFamily("tthc_rejections", "Inputs refused, by stage and reason",
-                                         labels=["stage", "reason"])
-        for stage_reason, value in sorted(self.rejections.items()):
-            rejections.add_metric(list(stage_reason), value)
-        owned = GaugeMetricFamily("tthc_metrics_partitions_owned", "Partitions this metrics instance counts",
-                                  labels=["topic"])
-        for topic, parts in sorted(self.owned.items()):
-            owned.add_metric([topic], len(parts))
-        lag = GaugeMetricFamily("tthc_consumer_lag", "Records each service's consumer group has yet to commit",
-                                labels=["group", "topic"])
-        for group_topic, behind in sorted(self.lag.items()):
-            lag.add_metric(list(group_topic), behind)
-        yield from (by_unit, by_sector, oldest, rejections, owned, lag)
+        _fill(family, ((province_unit, max(0.0, now - received))
+                       for province_unit, received in self.tracker.oldest_received().items()))
+
+
+def _fill(family: Any, values: Iterable[tuple[tuple[str, ...], float]]) -> None:
+    for labels, value in sorted(values):
+        family.add_metric(list(labels), value)
+
+
+class _Family(Collector):
+    """One metric family: described by name without its samples, built in full only when collected."""
+
+    def __init__(self, make: Callable[[], Metric], fill: Callable[[Any], None]) -> None:
+        self._make = make
+        self._fill = fill
+
+    def describe(self) -> list[Metric]:
+        return [self._make()]
+
+    def collect(self) -> list[Metric]:
+        family = self._make()
+        self._fill(family)
+        return [family]

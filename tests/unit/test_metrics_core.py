@@ -143,8 +143,31 @@ def test_a_whole_country_stays_under_the_series_budget() -> None:
             tracker.put(f"{unit}-{kind}-{due}", 0, (province[unit], unit, sector), kind, T0, soon, due, T0)
     assert {state for (_, _, state) in tracker.by_unit} == set(OPEN_STATES)
     registry = CollectorRegistry()
-    registry.register(ExportedState(totals, tracker, lambda: T0))
+    for collector in ExportedState(totals, tracker, lambda: T0).collectors():
+        registry.register(collector)
     samples = [sample for family in registry.collect() for sample in family.samples]
     assert len({sample.labels["unit"] for sample in samples if "unit" in sample.labels}) == len(units)
     assert 60_000 < len(samples) < 200_000
     assert not any("code" in sample.labels for sample in samples)
+
+
+def test_a_restricted_export_builds_only_the_families_asked_for() -> None:
+    """The end-to-end benchmark's probe reads one counter twenty times a second: asking for it must not build
+    the open-dossier gauges (or any other family) each time."""
+    totals = Totals(lambda unit: unit[:2])
+    totals.add(("received", 0, "01001", "ho_tich", "online", ""), 3)
+    tracker = OpenDossiers()
+    tracker.put("D1", 0, ("01", "01001", "ho_tich"), "running", T0, T0 + 50, T0 + 100, T0)
+    registry = CollectorRegistry()
+    for collector in ExportedState(totals, tracker, lambda: T0).collectors():
+        registry.register(collector)
+
+    def not_asked_for() -> dict[tuple[str, str], float]:
+        raise AssertionError("the oldest-open gauge was built for an export that did not ask for it")
+
+    tracker.oldest_received = not_asked_for  # type: ignore[method-assign]
+    restricted = list(registry.restricted_registry(["tthc_dossiers_received_total"]).collect())
+    assert [(sample.name, sample.labels, sample.value) for family in restricted for sample in family.samples] == [
+        ("tthc_dossiers_received_total", {"province": "01", "unit": "01001", "channel": "online"}, 3.0)]
+    with pytest.raises(AssertionError, match="oldest-open gauge"):
+        list(registry.collect())
