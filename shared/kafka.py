@@ -83,8 +83,8 @@ async def _raw_records(message: StreamMessage[Any]) -> Records:
 IDLE_POLL_MS = 20
 """How long a batch subscriber waits for records before giving up a poll. FastStream then sleeps as long again
 before the next poll, and a record arriving meanwhile waits out that sleep: with its default of 200 ms each hop
-of the pipeline could add up to 0.4 s to a quiet dossier's way from ingress to counter. Records arriving while a
-poll waits are handed over at once, so this costs only a few idle wake-ups a second."""
+of the pipeline could hold a quiet dossier's event up to 0.2 s. Records arriving while a poll waits are handed
+over at once; an idle consumer wakes 25 times a second."""
 
 
 def batch_subscriber(broker: KafkaBroker, topic: str, *, group_id: str, max_records: int,
