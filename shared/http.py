@@ -23,8 +23,9 @@ Hook = Callable[[], Awaitable[None]]
 
 
 def metrics_registry() -> CollectorRegistry:
-    """A service's Prometheus registry. Its custom collectors declare no names up front, so a restricted
-    export (`/metrics?name[]=...`) must still ask them and keep the samples named."""
+    """A service's Prometheus registry. Some custom collectors (the reference data's, notify's counts) declare no
+    names up front, so a restricted export (`/metrics?name[]=...`) must still ask them and keep the samples
+    named; metrics' collectors name their families and are asked only for those."""
     return CollectorRegistry(support_collectors_without_names=True)
 
 
