@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Protocol
 
@@ -29,6 +29,13 @@ def metrics_registry() -> CollectorRegistry:
     return CollectorRegistry(support_collectors_without_names=True)
 
 
+class WritesItsText(Protocol):
+    """A metric family that writes itself in the Prometheus text format, only the samples named in `wanted` when
+    it is given (services/metrics/series.py: a large family costs a fraction of prometheus_client's formatting)."""
+
+    def exposition(self, wanted: Collection[str] | None = None) -> str: ...
+
+
 async def _nothing() -> None:
     return None
 
@@ -44,10 +51,12 @@ def service_app(
     reference: ReferenceSource | None = None,
     on_start: Hook = _nothing,
     on_stop: Hook = _nothing,
+    exports: Sequence[WritesItsText] = (),
 ) -> FastAPI:
     """A FastAPI app whose lifespan makes sure the topics exist, opens and migrates the service's schema, starts
     the service's own resources, then its broker; and stops them in reverse (the broker first, so in-flight
-    handlers finish while the database is still there). Ready while the database answers."""
+    handlers finish while the database is still there). Ready while the database answers. /metrics exports the
+    registry, then `exports` (families that write their own text, kept out of the registry)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -88,7 +97,9 @@ def service_app(
         # `?name[]=family_total` exports only those samples, as Prometheus' own handler allows: a watcher
         # polling one counter many times a second must not cost a full export each time.
         source = registry.restricted_registry(names) if names else registry
-        return Response(generate_latest(source), media_type=CONTENT_TYPE_LATEST)
+        wanted = frozenset(names) if names else None
+        written = "".join(export.exposition(wanted) for export in exports)
+        return Response(generate_latest(source) + written.encode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

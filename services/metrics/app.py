@@ -106,8 +106,6 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     tracker = OpenDossiers()
     totals = Totals(province_of)
     exported = ExportedState(totals, tracker, time.time)
-    for collector in exported.collectors():
-        registry.register(collector)
     rejections_by_part: dict[int, dict[tuple[str, str], float]] = {}
     wake = asyncio.Event()
 
@@ -203,7 +201,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
 
     app = service_app(title="TTHC metrics", description="Live timeliness counters for the dashboards.",
                       settings=settings, database=database, broker=broker, registry=registry, reference=reference,
-                      on_start=start_timers, on_stop=stop_timers)
+                      on_start=start_timers, on_stop=stop_timers, exports=exported.families())
 
     @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=1000,
                       listener=owners[topics.LIFECYCLE])

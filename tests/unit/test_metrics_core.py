@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from services.metrics.series import ExportedState, Totals
 from services.metrics.tracker import OPEN_STATES, OpenDossiers, state_at
@@ -143,7 +143,7 @@ def test_a_whole_country_stays_under_the_series_budget() -> None:
             tracker.put(f"{unit}-{kind}-{due}", 0, (province[unit], unit, sector), kind, T0, soon, due, T0)
     assert {state for (_, _, state) in tracker.by_unit} == set(OPEN_STATES)
     registry = CollectorRegistry()
-    for collector in ExportedState(totals, tracker, lambda: T0).collectors():
+    for collector in ExportedState(totals, tracker, lambda: T0).families():
         registry.register(collector)
     samples = [sample for family in registry.collect() for sample in family.samples]
     assert len({sample.labels["unit"] for sample in samples if "unit" in sample.labels}) == len(units)
@@ -158,16 +158,43 @@ def test_a_restricted_export_builds_only_the_families_asked_for() -> None:
     totals.add(("received", 0, "01001", "ho_tich", "online", ""), 3)
     tracker = OpenDossiers()
     tracker.put("D1", 0, ("01", "01001", "ho_tich"), "running", T0, T0 + 50, T0 + 100, T0)
-    registry = CollectorRegistry()
-    for collector in ExportedState(totals, tracker, lambda: T0).collectors():
-        registry.register(collector)
+    families = ExportedState(totals, tracker, lambda: T0).families()
 
     def not_asked_for() -> dict[tuple[str, str], float]:
         raise AssertionError("the oldest-open gauge was built for an export that did not ask for it")
 
     tracker.oldest_received = not_asked_for  # type: ignore[method-assign]
-    restricted = list(registry.restricted_registry(["tthc_dossiers_received_total"]).collect())
-    assert [(sample.name, sample.labels, sample.value) for family in restricted for sample in family.samples] == [
-        ("tthc_dossiers_received_total", {"province": "01", "unit": "01001", "channel": "online"}, 3.0)]
+    written = "".join(family.exposition({"tthc_dossiers_received_total"}) for family in families)
+    assert written.splitlines()[2:] == [
+        'tthc_dossiers_received_total{channel="online",province="01",unit="01001"} 3.0']
     with pytest.raises(AssertionError, match="oldest-open gauge"):
-        list(registry.collect())
+        "".join(family.exposition() for family in families)
+
+
+def test_every_family_writes_the_text_prometheus_client_would() -> None:
+    """/metrics writes metrics' families itself; prometheus_client's generate_latest over the same samples is
+    the reference, whole and restricted to some sample names, label values needing escapes included."""
+    totals = Totals(lambda unit: "24" if unit != 'odd"\\unit' else 'x\n"y')
+    for n, unit in enumerate(["10000", "10001", 'odd"\\unit']):
+        totals.add(("received", n % 3, unit, "ho_tich", "online", ""), 1 + n)
+        totals.add(("completed", 0, unit, "dat_dai", "direct", "late"), 2)
+        totals.add(("time_used_bucket", 1, unit, "ho_tich", "online", "0.5"), 1)
+        totals.add(("time_used_bucket", 1, unit, "ho_tich", "online", "+Inf"), 1_234_567)
+        totals.add(("time_used_sum", 1, unit, "ho_tich", "online", ""), 0.4)
+        totals.add(("apologies", 2, unit, "ho_tich", "online", "late"), 1)
+    tracker = OpenDossiers()
+    tracker.put("D1", 0, ("24", "10000", "ho_tich"), "running", T0, T0 + 50, T0 + 100, T0)
+    tracker.put("D2", 0, ("24", "10001", "ho_tich"), "paused", T0 + 5, None, None, T0)
+    state = ExportedState(totals, tracker, lambda: T0 + 30)
+    state.rejections = {("intake", "schema"): 4.0}
+    families = state.families()
+    for wanted in (None, {"tthc_dossiers_received_total", "tthc_working_time_used_ratio_sum",
+                          "tthc_consumer_lag", "tthc_dossiers_open"}):
+        for family in families:
+            registry = CollectorRegistry()
+            registry.register(family)
+            reference = generate_latest(registry.restricted_registry(wanted) if wanted else registry).decode()
+            assert family.exposition(wanted) == reference, family.name
+    written = "".join(family.exposition() for family in families)
+    assert 'tthc_supplement_requests_total' in written  # an empty family still says what it is
+    assert 'province="x\\n\\"y",unit="odd\\"\\\\unit"' in written
