@@ -50,12 +50,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.metrics_memory import percentile
 from bench.plot import plot
-from bench.resolution_throughput import RESULTS, consume_all, free_port, produce, progress_bar, raw_inserts
+from bench.resolution_throughput import RESULTS, consume_all, produce, progress_bar, raw_inserts
 from services.intake.ingress import sign
 from shared.catalog import Catalog
 from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
 from shared.contract.events import EventType, schema_uri
+from shared.infra.ports import free_ports
 from shared.infra.stack import Ports, Stack
 from shared.simulator import SOURCE, Simulator
 
@@ -432,7 +433,7 @@ async def floor(stack: Stack, records: list[tuple[bytes, bytes]], partitions: in
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="tthc-e2e-bench-"))
-    stack = Stack(home, ports=Ports(*(free_port() for _ in range(9))), simulator=False, partitions=args.partitions,
+    stack = Stack(home, ports=Ports(*free_ports(9)), simulator=False, partitions=args.partitions,
                   bootstrap_servers="", database_url="")
     for variable in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
         os.environ.pop(variable, None)  # a stack of its own, never a shared one

@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.metrics_memory import SECTORS, rss_bytes
-from bench.resolution_throughput import RESULTS, free_port, progress_bar
+from bench.resolution_throughput import RESULTS, progress_bar
 from services.metrics import store
 from services.metrics.app import MIGRATIONS, track_stored
 from services.metrics.store import SCHEMA
 from services.metrics.tracker import OpenDossiers
 from shared.contract import topics
 from shared.db import ServiceDatabase
+from shared.infra.ports import free_port
 from shared.infra.postgres import LocalPostgres
 
 UNITS = [(f"{p:02d}", f"{p:02d}{u:03d}") for p in range(34) for u in range(100)]

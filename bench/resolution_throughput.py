@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from shared.contract.lifecycle import EventAccepted
 from shared.crypto import Keyring, new_key_spec
 from shared.infra.kafka import LocalKafka
 from shared.infra.paths import PROJECT_ROOT
+from shared.infra.ports import free_port, free_ports
 from shared.infra.postgres import LocalPostgres
 from shared.kafka import ensure_topics
 from shared.reference import Reference
@@ -46,12 +46,6 @@ def progress_bar(done: float, width: int = 20) -> str:
     """`[########------------]  40%`, for the status lines of long runs."""
     filled = round(done * width)
     return f"[{'#' * filled}{'-' * (width - filled)}] {done:4.0%}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def lifecycles(dossiers: int, keyring: Keyring, spread: int = SPREAD) -> list[tuple[bytes, bytes]]:
@@ -143,8 +137,9 @@ async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]
     home = Path(tempfile.mkdtemp(prefix="tthc-bench-"))
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
     database_url = os.environ.get("DATABASE_URL", "")
-    kafka = None if bootstrap else LocalKafka(home / "kafka", free_port(), free_port())
-    postgres = None if database_url else LocalPostgres(home / "pg" / "data", free_port())
+    kafka_port, controller_port, postgres_port = free_ports(3)
+    kafka = None if bootstrap else LocalKafka(home / "kafka", kafka_port, controller_port)
+    postgres = None if database_url else LocalPostgres(home / "pg" / "data", postgres_port)
     resolutions: list[asyncio.subprocess.Process] = []
     try:
         if kafka is not None:

@@ -8,7 +8,6 @@ PostgreSQL modules instead (for machines with Docker).
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,14 +18,9 @@ import pytest
 
 from shared.crypto import new_key_spec
 from shared.infra.kafka import LocalKafka
+from shared.infra.ports import free_ports
 from shared.infra.postgres import LocalPostgres
 from shared.kafka import ensure_topics
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -46,8 +40,9 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             yield Infra(broker.get_bootstrap_server(), url)
         return
     home = tmp_path_factory.mktemp("infra")
-    kafka = LocalKafka(home / "kafka", free_port(), free_port())
-    postgres = LocalPostgres(home / "postgres" / "data", free_port())
+    kafka_port, controller_port, postgres_port = free_ports(3)
+    kafka = LocalKafka(home / "kafka", kafka_port, controller_port)
+    postgres = LocalPostgres(home / "postgres" / "data", postgres_port)
     kafka.start()
     try:
         url = postgres.start()

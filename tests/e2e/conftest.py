@@ -9,13 +9,14 @@ import asyncpg
 import httpx
 import pytest
 
+from shared.infra.ports import free_ports
 from shared.infra.stack import Ports, Stack
-from tests.conftest import Infra, free_port, fresh_database
+from tests.conftest import Infra, fresh_database
 
 
 @pytest.fixture(scope="module")
 async def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    ports = Ports(*(free_port() for _ in range(9)))
+    ports = Ports(*free_ports(9))
     # A broker of its own: exact counts must not see other tiers' traffic (containers share theirs).
     shared_broker = infra.bootstrap_servers if os.environ.get("TEST_INFRA") == "containers" else ""
     running = Stack(tmp_path_factory.mktemp("stack"), ports=ports, simulator=False, partitions=3,

@@ -31,9 +31,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from services.metrics.reconcile import reconcile
 from shared.contract import topics
 from shared.contract.events import EventType
+from shared.infra.ports import free_ports
 from shared.infra.sinks import read_mail
 from shared.infra.stack import SERVICES, Ports, Stack
-from tests.conftest import free_port
 from tests.support import VN, cloudevent, dossier_code, eventually, received_data
 
 SOAK_SECONDS = float(os.environ.get("TTHC_SOAK_SECONDS", "0"))
@@ -63,7 +63,7 @@ TEMPLATE = {EventType.RECEIVED: "received", EventType.SUPPLEMENT_REQUESTED: "sup
 
 @pytest.fixture(scope="module")
 async def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    ports = Ports(*(free_port() for _ in range(9)))
+    ports = Ports(*free_ports(9))
     # No broker or database given: the stack starts its own, so the test may stop and start them.
     running = Stack(tmp_path_factory.mktemp("chaos"), ports=ports, simulator=False, partitions=3,
                     bootstrap_servers="", database_url="")

@@ -16,8 +16,8 @@ from services.metrics.reconcile import Difference, reconcile
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.infra.paths import PROJECT_ROOT
+from shared.infra.ports import free_port
 from shared.infra.stack import Stack
-from tests.conftest import free_port
 from tests.e2e.test_faults import send
 from tests.support import VN, cloudevent, dossier_code, eventually, metric_total, received_data
 

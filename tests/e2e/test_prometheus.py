@@ -18,9 +18,9 @@ import yaml
 
 from shared.contract.events import EventType
 from shared.infra.paths import PROJECT_ROOT
+from shared.infra.ports import free_port
 from shared.infra.prometheus import DEPLOY, LocalPrometheus, PrometheusError, binary, local_config, query, quick_rules
 from shared.infra.stack import SERVICES, Stack
-from tests.conftest import free_port
 from tests.e2e.conftest import intake_client
 from tests.e2e.test_faults import send
 from tests.support import CATALOG, UNIT, VN, cloudevent, dossier_code, eventually, received_data

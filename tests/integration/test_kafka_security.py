@@ -31,10 +31,11 @@ from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import EventAccepted
 from shared.infra.kafka import broker_answers
+from shared.infra.ports import free_ports
 from shared.infra.secure_kafka import ADMIN, SecureLocalKafka, platform_acls
 from shared.kafka import client_options, ensure_topics, make_producer
 from shared.settings import CommonSettings
-from tests.conftest import Infra, free_port, fresh_database
+from tests.conftest import Infra, fresh_database
 from tests.integration.test_services import in_process
 from tests.support import CATALOG, UNIT, cloudevent, dossier_code, eventually, received_data
 
@@ -68,8 +69,9 @@ def marker(topic: str) -> bytes:
 @pytest.fixture(scope="module")
 async def kafka(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SecureLocalKafka]:
     users = {name: secrets.token_urlsafe(16) for name in (COMMUNE, *SERVICES)}
-    broker = SecureLocalKafka(tmp_path_factory.mktemp("secure") / "kafka", free_port(), free_port(),
-                              internal_port=free_port(), users=users, acls=platform_acls([COMMUNE]))
+    port, controller_port, internal_port = free_ports(3)
+    broker = SecureLocalKafka(tmp_path_factory.mktemp("secure") / "kafka", port, controller_port,
+                              internal_port=internal_port, users=users, acls=platform_acls([COMMUNE]))
     broker.start()
     try:
         await broker.wait_ready()

@@ -28,8 +28,9 @@ from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, DossierState, Timeliness
 from shared.crypto import Keyring
+from shared.infra.ports import free_port
 from shared.infra.sinks import MailDirHandler, gateway_app, read_mail
-from tests.conftest import Infra, free_port
+from tests.conftest import Infra
 from tests.integration.test_services import in_process
 from tests.support import PROCEDURE, UNIT, dossier_code, eventually
 

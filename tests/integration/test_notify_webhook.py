@@ -20,8 +20,9 @@ from services.notify.app import build_app
 from services.notify.settings import NotifySettings
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, DossierState
+from shared.infra.ports import free_port
 from shared.infra.sinks import gateway_app, read_webhooks
-from tests.conftest import Infra, free_port
+from tests.conftest import Infra
 from tests.integration.test_notify_service import publish, start_at_end, statuses
 from tests.integration.test_services import in_process
 from tests.support import PROCEDURE, UNIT, dossier_code, eventually
