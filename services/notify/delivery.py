@@ -16,8 +16,8 @@ from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import formataddr, parseaddr
 
+import aiohttp
 import asyncpg
-import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from services.notify import webhook
@@ -128,7 +128,7 @@ class Deliverer:
         self.signer = signer
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.http = httpx.AsyncClient(timeout=settings.gateway_timeout_seconds)
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.gateway_timeout_seconds))
         self.guards = {channel: ProviderGuard(channel, settings) for channel in (*CHANNELS, WEBHOOK)}
         self._smtp: smtplib.SMTP | None = None
         self._smtp_used = 0.0
@@ -144,7 +144,7 @@ class Deliverer:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        await self.http.aclose()
+        await self.http.close()
         await asyncio.to_thread(self._close_smtp)
 
     async def _run(self) -> None:
@@ -243,7 +243,7 @@ class Deliverer:
             await self._finish(key, "permanent-failure", str(error))
             self.outcomes.labels(channel, "permanent-failure").inc()
             return
-        except (OSError, smtplib.SMTPException, httpx.HTTPError, TemporaryFailure) as error:
+        except (OSError, smtplib.SMTPException, aiohttp.ClientError, TimeoutError, TemporaryFailure) as error:
             now = time.monotonic()
             guard.breaker.failed(now)
             if isinstance(error, TemporaryFailure) and error.rate_limited:
@@ -265,8 +265,8 @@ class Deliverer:
         the gateway's id for the message, which its delivery callbacks name."""
         url = self.settings.sms_url if channel == "sms" else self.settings.zalo_url
         payload = {"phone": phone, "text": text, "idempotency_key": ":".join(key), "template": template}
-        reply = await self.http.post(url, json=payload)
-        return self._answer(f"{channel} gateway", reply)
+        async with self.http.post(url, json=payload) as reply:
+            return await self._answer(f"{channel} gateway", reply)
 
     def _webhook_message(self, row: asyncpg.Record) -> tuple[str, str, str]:
         """(unit's URL, "", JSON payload): the URL looked up now, so a changed setting applies to what waits."""
@@ -285,20 +285,20 @@ class Deliverer:
         if secret is None:
             raise PermanentFailure("no webhook secret to sign with (NOTIFY_WEBHOOK_SECRET)")
         raw, headers = webhook.request(secret.get_secret_value().encode(), int(time.time()), json.loads(payload))
-        reply = await self.http.post(url, content=raw, headers=headers)
-        return self._answer("unit webhook", reply)
+        async with self.http.post(url, data=raw, headers=headers) as reply:
+            return await self._answer("unit webhook", reply)
 
     @staticmethod
-    def _answer(provider: str, reply: httpx.Response) -> str | None:
+    async def _answer(provider: str, reply: aiohttp.ClientResponse) -> str | None:
         """The provider's id for the message, if it gave one; its refusals as failures to retry or not."""
-        if reply.status_code == 429:
+        if reply.status == 429:
             raise TemporaryFailure(f"{provider}: too many requests (429)", rate_limited=True)
-        if reply.status_code >= 500:
-            raise TemporaryFailure(f"{provider} unavailable ({reply.status_code})")
-        if reply.status_code >= 400:
-            raise PermanentFailure(f"{provider} refused the message ({reply.status_code})")
+        if reply.status >= 500:
+            raise TemporaryFailure(f"{provider} unavailable ({reply.status})")
+        if reply.status >= 400:
+            raise PermanentFailure(f"{provider} refused the message ({reply.status})")
         try:
-            answer = reply.json()
+            answer = await reply.json(content_type=None)  # whatever type it declares
         except ValueError:
             return None
         message_id = answer.get("message_id") if isinstance(answer, dict) else None
