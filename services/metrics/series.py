@@ -87,11 +87,14 @@ class Totals:
             for key, value in self._by_part.pop(part, {}).items():
                 for name, labels in self._mapping.pop(key, ()):
                     family = self._families[name]
-                    family[labels] -= value
-                    if family[labels] == 0:
+                    # Gone already if the keys still adding to it add nothing (a ratio sum of 0.0).
+                    remaining = family.get(labels, 0.0) - value
+                    if remaining == 0:
                         # Nothing this instance owns adds to it any more: the series is the new owner's to
                         # export (counts are whole numbers and the ratio sums of completed dossiers positive).
-                        del family[labels]
+                        family.pop(labels, None)
+                    else:
+                        family[labels] = remaining
 
     def family(self, name: str) -> dict[Labels, float]:
         """One series family's values by label values (empty if none)."""

@@ -118,6 +118,21 @@ def test_a_partition_leaving_takes_exactly_its_counts_away() -> None:
     assert totals.series == {}  # a partition gone leaves no zero-valued series behind
 
 
+def test_a_partition_whose_counters_add_nothing_to_a_series_leaves_cleanly() -> None:
+    """A dossier completed having used none of its time adds 0.0 to its ratio sum: once the other keys are
+    dropped the series is gone, and dropping that key too must not fail (it failed a rebalance once)."""
+    totals = Totals(lambda unit: "24")
+    totals.add(("time_used_sum", 0, "10000", "ho_tich", "online", ""), 0.5)
+    totals.add(("time_used_sum", 0, "10001", "ho_tich", "online", ""), 0.0)
+    totals.add(("time_used_sum", 1, "10002", "ho_tich", "online", ""), 0.25)
+    assert totals.series == {("ratio_sum", "24", "ho_tich"): 0.75}
+    totals.drop_partitions([0])
+    assert totals.series == {("ratio_sum", "24", "ho_tich"): 0.25}
+    totals.add(("time_used_sum", 2, "10003", "ho_tich", "online", ""), 0.0)
+    totals.drop_partitions([1, 2])
+    assert totals.series == {}
+
+
 def test_a_whole_country_stays_under_the_series_budget() -> None:
     """About 3,400 communes in 34 provinces, every sector in the catalog plus room for more, every channel,
     state, timeliness and apology timing in use: the exported series stay under 200k."""
