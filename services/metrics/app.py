@@ -53,21 +53,50 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         """Partitions whose last batch failed after reaching the database: its commit may have happened with the
         answer lost (PostgreSQL restarting), and the redelivered records would then count as repeats, so memory
         reloads these partitions from the database with the next batch."""
+        self.untaken: set[int] = set()
+        """Partitions Kafka assigned whose take-over failed (the database away during the rebalance): taken
+        before their next batch, which would otherwise be refused as another instance's until the next
+        rebalance."""
         self._take = take
         self._drop = drop
+        self._taking = asyncio.Lock()  # a batch's retry and a rebalance's take-over never load the same part twice
+        self._revocations = 0
 
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         parts = {tp.partition for tp in revoked if tp.topic == self.topic}
         for part in parts:
             self.epochs.pop(part, None)  # first, so that a batch committing now leaves memory alone
         self.unsure -= parts
+        self.untaken -= parts
+        self._revocations += 1
         self._drop(self.topic, parts)
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        parts = sorted(tp.partition for tp in assigned if tp.topic == self.topic)
+        parts = {tp.partition for tp in assigned if tp.topic == self.topic}
         if parts:
-            self.epochs.update(await self._take(self.topic, parts))
-            self.unsure -= set(parts)
+            self.untaken |= parts
+            try:
+                await self.take_untaken(parts)
+            except Exception:  # Kafka only logs a listener's failure; the next batch tries again
+                log.exception("could not take %s partitions %s; their next batch tries again",
+                              self.topic, sorted(parts))
+
+    async def take_untaken(self, parts: set[int]) -> None:
+        """Take those of `parts` not taken yet (their take-over failed); raises while that still fails."""
+        async with self._taking:
+            pending = set(parts & self.untaken)
+            if not pending:
+                return
+            revocations = self._revocations
+            epochs = await self._take(self.topic, sorted(pending))
+            if self._revocations != revocations:
+                # A rebalance moved partitions while this took them over: what was loaded may be another
+                # instance's now. Unloaded again; those still assigned stay untaken for their next batch.
+                self._drop(self.topic, pending)
+                return
+            self.epochs.update(epochs)
+            self.untaken -= pending
+            self.unsure -= pending
 
     def expected(self, parts: set[int]) -> dict[int, int | None]:
         return {part: self.epochs.get(part) for part in parts}
@@ -148,6 +177,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         """Run `write` in one transaction fenced by this instance's epochs (handed the partitions' stored next
         offsets); returns what it returned, or None when memory must not apply it because ownership moved
         meanwhile. Unsure partitions are reloaded from the same transaction's view first."""
+        await owner.take_untaken(parts)
         seen = owner.expected(parts | owner.unsure)
         reloading = {part: epoch for part, epoch in seen.items() if part in owner.unsure and epoch is not None}
         try:
