@@ -84,7 +84,7 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
     async def take_untaken(self, parts: set[int]) -> None:
         """Take those of `parts` not taken yet (their take-over failed); raises while that still fails."""
         async with self._taking:
-            pending = set(parts & self.untaken)
+            pending = parts & self.untaken
             if not pending:
                 return
             revocations = self._revocations

@@ -41,22 +41,22 @@ COUNTER_FAMILIES: dict[str, tuple[str, str, list[str]]] = {
 }
 
 
-def series_of(key: CounterKey, province_of: ProvinceOf) -> tuple[SeriesKey, ...]:
-    """The exported series one stored counter adds to."""
+def series_of(key: CounterKey, province_of: ProvinceOf) -> tuple[tuple[str, Labels], ...]:
+    """The exported series one stored counter adds to, as (series family, label values)."""
     family, _part, unit, sector, channel, label = key
     province = province_of(unit)
     if family == "received":
-        return ("received", province, unit, channel), ("sector_received", province, sector, channel)
+        return ("received", (province, unit, channel)), ("sector_received", (province, sector, channel))
     if family == "completed":
-        return ("completed", province, unit, channel, label), ("sector_completed", province, sector, label)
+        return ("completed", (province, unit, channel, label)), ("sector_completed", (province, sector, label))
     if family == "time_used_bucket":
-        return (("ratio_bucket", province, sector, label),)
+        return (("ratio_bucket", (province, sector, label)),)
     if family == "time_used_sum":
-        return (("ratio_sum", province, sector),)
+        return (("ratio_sum", (province, sector)),)
     if family == "supplements":
-        return (("supplements", province, unit),)
+        return (("supplements", (province, unit)),)
     if family in ("apologies", "steps"):
-        return ((family, province, unit, label),)
+        return ((family, (province, unit, label)),)
     return ()
 
 
@@ -76,8 +76,7 @@ class Totals:
         stored[key] = stored.get(key, 0.0) + value
         series = self._mapping.get(key)
         if series is None:
-            series = self._mapping[key] = tuple((name, tuple(labels))
-                                                for name, *labels in series_of(key, self._province_of))
+            series = self._mapping[key] = series_of(key, self._province_of)
         for name, labels in series:
             family = self._families[name]
             family[labels] = family.get(labels, 0.0) + value
@@ -180,9 +179,9 @@ class Family(Collector):
         self.labels = labels
         self.rows = rows
         self.sample_names = frozenset(name + suffix for suffix in SAMPLE_SUFFIXES[kind])
-        exported = name + "_total" if kind == "counter" else name
+        self._exported = name + "_total" if kind == "counter" else name
         escaped_help = help_text.replace("\\", "\\\\").replace("\n", "\\n")
-        self._header = f"# HELP {exported} {escaped_help}\n# TYPE {exported} {kind}\n"
+        self._header = f"# HELP {self._exported} {escaped_help}\n# TYPE {self._exported} {kind}\n"
         self._label_texts: dict[Labels, str] = {}
 
     def _empty(self) -> Metric:
@@ -210,20 +209,20 @@ class Family(Collector):
         if self.kind == "histogram":
             lines = self._histogram_lines(rows, names)
         else:
-            exported = self.name + "_total" if self.kind == "counter" else self.name
-            lines = [f"{exported}{self._label_text(labels)} {go_float(value)}\n" for labels, value in rows]
+            lines = [f"{self._exported}{self._label_text(labels)} {go_float(value)}\n" for labels, value in rows]
         # Restricted to samples there are none of: prometheus_client leaves the family out, header and all.
         return self._header + "".join(lines) if lines or wanted is None else ""
 
     def _histogram_lines(self, rows: list[tuple[Labels, Any]], names: Collection[str]) -> list[str]:
         lines: list[str] = []
+        bucket, count, total_sum = (self.name + suffix in names for suffix in SAMPLE_SUFFIXES["histogram"])
         for labels, (buckets, total) in rows:
-            if self.name + "_bucket" in names:
+            if bucket:
                 lines += [f"{self.name}_bucket{self._label_text((*labels, bound), le=True)} {go_float(value)}\n"
                           for bound, value in buckets]
-            if self.name + "_count" in names:
+            if count:
                 lines.append(f"{self.name}_count{self._label_text(labels)} {go_float(buckets[-1][1])}\n")
-            if self.name + "_sum" in names:
+            if total_sum:
                 lines.append(f"{self.name}_sum{self._label_text(labels)} {go_float(total)}\n")
         return lines
 
