@@ -12,7 +12,10 @@ dossier's events overtake each other. Measures:
   a unit no load goes to, and metrics' /metrics is polled until that unit's received counter moves;
 - CPU seconds and peak RSS of every process of the stack (children included: postgres backends, the broker's
   JVM) and of the load generator itself;
-- in the same run the floor (bench.resolution_throughput's functions) on the same payloads.
+- in the same run, with the stack's services stopped, the floor on the same payloads: raw produce, consume and
+  inserts each alone (bench.resolution_throughput's functions), and the pipeline's floor (bench.pipeline_floor:
+  the Kafka and PostgreSQL work of every stage, all at once, without the services' logic), with CPU per event
+  of each part of the stack beside this run's.
 
     .venv/bin/python -m bench.end_to_end --rate 1000 --seconds 60
     .venv/bin/python -m bench.end_to_end --max --seconds 60
@@ -43,13 +46,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench import pipeline_floor
 from bench.metrics_memory import percentile
 from bench.plot import plot
+from bench.processes import ProcessWatch, database_backends, postmaster_pid
 from bench.resolution_throughput import RESULTS, consume_all, produce, progress_bar, raw_inserts
 from services.intake.ingress import sign
 from shared.catalog import Catalog
@@ -62,8 +66,6 @@ from shared.simulator import SOURCE, Simulator
 
 TERMINAL = {t.cloudevents_type for t in (EventType.RESOLVED, EventType.REJECTED, EventType.WITHDRAWN)}
 RECEIVED = EventType.RECEIVED.cloudevents_type
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 FLOOR_TOPIC = "bench.floor.v1"
 FLOOR_SAMPLE = 100_000
 
@@ -177,81 +179,6 @@ def counter(text: str, name: str) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- processes: CPU and RSS from /proc
-
-def _proc_stat(pid: int) -> tuple[int, float, int] | None:
-    """(parent pid, CPU seconds, RSS bytes) of a live process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2:].split()
-    # After the command: state(0) ppid(1) ... utime(11) stime(12) ... rss(21)
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, int(fields[21]) * PAGE
-
-
-@dataclass
-class ProcessWatch:
-    roots: dict[int, str]
-    cpu: dict[int, tuple[str, float]] = field(default_factory=dict)
-    start_cpu: dict[int, float] = field(default_factory=dict)
-    peak_rss: dict[str, int] = field(default_factory=dict)
-
-    def sample(self) -> None:
-        table: dict[int, tuple[int, float, int]] = {}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) is not None:
-                table[int(entry.name)] = stat
-        group_of: dict[int, str] = {pid: name for pid, name in self.roots.items() if pid in table}
-        changed = True
-        while changed:
-            changed = False
-            for pid, (ppid, _, _) in table.items():
-                if pid not in group_of and ppid in group_of:
-                    group_of[pid] = group_of[ppid]
-                    changed = True
-        rss: dict[str, int] = {}
-        for pid, name in group_of.items():
-            _, cpu, resident = table[pid]
-            self.cpu[pid] = (name, cpu)
-            rss[name] = rss.get(name, 0) + resident
-        for name, value in rss.items():
-            self.peak_rss[name] = max(self.peak_rss.get(name, 0), value)
-
-    def mark_start(self) -> None:
-        self.sample()
-        self.start_cpu = {pid: cpu for pid, (_, cpu) in self.cpu.items()}
-
-    def rename(self, names: dict[int, str]) -> None:
-        """Count these processes under their own names from now on (the database's backends by client)."""
-        self.cpu = {pid: (names.get(pid, name), cpu) for pid, (name, cpu) in self.cpu.items()}
-
-    def report(self, wall: float) -> dict[str, dict[str, float]]:
-        used: dict[str, float] = {}
-        for pid, (name, cpu) in self.cpu.items():
-            used[name] = used.get(name, 0.0) + cpu - self.start_cpu.get(pid, 0.0)
-        return {name: {"cpu_seconds": round(used.get(name, 0.0), 1),
-                       "cores": round(used.get(name, 0.0) / wall, 2) if wall else 0.0,
-                       "peak_rss_mib": round(self.peak_rss.get(name, 0) / 2**20, 1)}
-                for name in sorted(set(used) | set(self.peak_rss))}
-
-
-def postmaster_pid(stack: Stack) -> int | None:
-    if stack.postgres is None:
-        return None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return int((stack.postgres.data_dir / "postmaster.pid").read_text().split()[0])
-    return None
-
-
-async def database_backends(stack: Stack) -> dict[int, str]:
-    """PostgreSQL's processes by whom they work for: each service names its connections after its schema."""
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        rows = await conn.fetch("SELECT pid, application_name, backend_type FROM pg_stat_activity")
-    finally:
-        await conn.close()
-    return {row["pid"]: f"postgres: {row['application_name'] or row['backend_type']}" for row in rows}
-
 
 # ---------------------------------------------------------------- the run
 
@@ -451,7 +378,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         roots = {process.pid: name for name, process in stack.processes.items()}
         if stack.kafka is not None and stack.kafka.pid is not None:
             roots[stack.kafka.pid] = "kafka"
-        if (pid := postmaster_pid(stack)) is not None:
+        if (pid := postmaster_pid(stack.postgres.data_dir if stack.postgres else None)) is not None:
             roots[pid] = "postgres"
         roots[os.getpid()] = "load generator (this bench)"
         processes = ProcessWatch(roots)
@@ -493,7 +420,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for task in watchers:
                 task.cancel()
             processes.sample()
-            processes.rename(await database_backends(stack))
+            processes.rename(await database_backends(stack.database_url))
             intake_text = (await watcher.get(f"http://127.0.0.1:{stack.ports.intake}/metrics")).text
             resolution_text = (await watcher.get(f"http://127.0.0.1:{stack.ports.resolution}/metrics")).text
         if producer is not None:
@@ -503,8 +430,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         expected = run.tally.accepted_http + run.tally.sent_kafka
         latencies = [latency for _, latency in run.probe_latency]
         steady = [latency for at, latency in run.probe_latency if at >= args.warmup]
+        for name in list(stack.processes):  # the floors have the box to themselves
+            await asyncio.to_thread(stack.stop_process, name)
         print("measuring the floor on the same payloads ...", file=sys.stderr, flush=True)
         floor_rates = await floor(stack, run.tally.payloads, args.partitions)
+        print("measuring the pipeline's floor on the same payloads ...", file=sys.stderr, flush=True)
+        pipeline = await pipeline_floor.measure(stack.bootstrap_servers, stack.database_url, run.tally.payloads,
+                                                args.partitions, {pid: name for pid, name in roots.items()
+                                                                  if name in ("kafka", "postgres")})
+        floor_rates["pipeline_events_per_s"] = pipeline["events_per_s"]
+        used = processes.report(wall)
         e2e_rate = run.observed.judged / wall if wall else float("nan")
         return {
             "benchmark": "end_to_end",
@@ -529,8 +464,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "expected_events": expected,
             "latency_s": {**latency_summary(latencies), "sent": len(run.probes_sent), "poll_interval": 0.05},
             "latency_after_warmup_s": {**latency_summary(steady), "warmup_s": args.warmup},
-            "processes": processes.report(wall),
+            "processes": used,
             "floor": floor_rates,
+            "pipeline_floor": pipeline,
+            "cpu_us_per_event": cpu_by_part({name: value["cpu_seconds"] for name, value in used.items()},
+                                            run.observed.judged, pipeline),
             "ratios": {f"end_to_end / {name}": round(e2e_rate / value, 3)
                        for name, value in floor_rates.items() if name != "records" and value},
             "timeline": run.timeline,
@@ -540,6 +478,27 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.to_thread(stack.stop)
         for data in ("kafka", "postgres"):  # a gigabyte a run; the services' logs stay
             shutil.rmtree(home / data, ignore_errors=True)
+
+
+PARTS = ("intake", "resolution", "metrics", "notify")
+
+
+def cpu_by_part(cpu_seconds: dict[str, float], events: int, pipeline: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """CPU per event of each part of the stack, in this run and in the pipeline's floor: each service with
+    its PostgreSQL backends, the broker, the rest of PostgreSQL, and what sends the load."""
+    def parts(us: dict[str, float], prefix: str, load: tuple[str, ...]) -> dict[str, float]:
+        out = {part: us.get(f"{prefix}{part}", 0.0) + us.get(f"postgres: {prefix}{part}", 0.0) for part in PARTS}
+        out["kafka"] = us.get("kafka", 0.0)
+        out["postgres, shared"] = sum((value for name, value in us.items() if name.startswith("postgres")
+                                      and name.removeprefix("postgres: ").removeprefix(prefix) not in PARTS), 0.0)
+        out["load and sinks"] = sum(us.get(name, 0.0) for name in load)
+        out["total"] = sum(out.values())
+        return out
+
+    run = parts({name: 1e6 * value / events for name, value in cpu_seconds.items()} if events else {}, "",
+                ("load generator (this bench)", "sinks"))
+    floor = parts(pipeline["cpu_us_per_event"], "floor ", ("floor source",))
+    return {part: {"end_to_end": round(run[part], 1), "pipeline_floor": round(floor[part], 1)} for part in run}
 
 
 def latency_summary(latencies: list[float]) -> dict[str, float | None]:
@@ -578,6 +537,12 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| floor: {name.replace('_', ' ')} | {value:,} |")
     for name, value in result["ratios"].items():
         lines.append(f"| ratio {name} | {value} |")
+    pipeline = result["pipeline_floor"]
+    lines += ["", f"Pipeline floor (bench/pipeline_floor.py, the same payloads): {pipeline['events_per_s']:,} "
+              f"events/s, {pipeline['cores']} cores.", "",
+              "| CPU per event (µs) | this run | pipeline floor |", "|---|---|---|"]
+    for part, pair in result["cpu_us_per_event"].items():
+        lines.append(f"| {part} | {pair['end_to_end']} | {pair['pipeline_floor']} |")
     lines += ["", "| process | CPU s | cores | peak RSS MiB |", "|---|---|---|---|"]
     for name, used in result["processes"].items():
         lines.append(f"| {name} | {used['cpu_seconds']} | {used['cores']} | {used['peak_rss_mib']} |")
