@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +54,7 @@ from shared.infra.kafka import LocalKafka
 from shared.infra.paths import PROJECT_ROOT
 from shared.infra.ports import free_ports
 from shared.infra.postgres import LocalPostgres
-from shared.kafka import ensure_topics, send_batched
+from shared.kafka import ensure_topics, partition_by_key, send_batched
 
 INGRESS, ACCEPTED, LIFECYCLE = "ingress", "accepted", "lifecycle"
 # What each stage consumes and what it produces to.
@@ -105,12 +106,15 @@ async def resolution(run: str, pool: asyncpg.Pool, producer: AIOKafkaProducer | 
             records=[("floor", f"{r.partition}:{r.offset}", _code(r), 1, now, _text(r), now) for r in records])
         await conn.copy_records_to_table("outbox", schema_name=where, columns=("topic", "key", "payload"),
                                          records=[(topic(run, LIFECYCLE), _code(r), r.value) for r in records])
-    async with pool.acquire() as conn, conn.transaction():  # the relay
-        taken = await conn.fetch(
-            f"DELETE FROM {where}.outbox WHERE id IN (SELECT id FROM {where}.outbox ORDER BY id LIMIT $1) "
-            "RETURNING id, topic, key, payload", BATCH)
-        rows = sorted(taken, key=lambda row: row["id"])
-        await (await send_batched(producer, [(row["topic"], row["key"].encode(), row["payload"]) for row in rows]))
+    taken = BATCH
+    while taken == BATCH:  # the relay, until the outbox is empty: other instances' rows are in it too
+        async with pool.acquire() as conn, conn.transaction():
+            rows = sorted(await conn.fetch(
+                f"DELETE FROM {where}.outbox WHERE id IN (SELECT id FROM {where}.outbox ORDER BY id LIMIT $1) "
+                "RETURNING id, topic, key, payload", BATCH), key=lambda row: row["id"])
+            await (await send_batched(producer, [(row["topic"], row["key"].encode(), row["payload"])
+                                                 for row in rows]))
+        taken = len(rows)
 
 
 async def metrics(_run: str, pool: asyncpg.Pool, _: AIOKafkaProducer | None,
@@ -162,10 +166,11 @@ def _text(record: ConsumerRecord[bytes, bytes]) -> str:
 
 # ---------------------------------------------------------------- the processes
 
-async def run_stage(stage: str, run: str, bootstrap: str, database_url: str, count: int, partitions: int) -> None:
-    """One stage's process: says `ready` once it can consume, `done {json}` when it has handled `count`
-    records, and exits when its standard input closes (so that its database backends live until the parent
-    has counted their CPU)."""
+async def run_stage(stage: str, run: str, bootstrap: str, database_url: str, count: int,
+                    partitions: list[int]) -> None:
+    """One stage's process, consuming `partitions`: says `ready` once it can consume, `done {json}` when it has
+    handled `count` records, and exits when its standard input closes (so that its database backends live
+    until the parent has counted their CPU)."""
     source, sink = STAGES[stage]
     pool = await create_pool(database_url, max_size=2, application_name=f"floor {stage}")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5) if sink else None
@@ -174,7 +179,7 @@ async def run_stage(stage: str, run: str, bootstrap: str, database_url: str, cou
     if producer is not None:
         await producer.start()
     await consumer.start()
-    consumer.assign([TopicPartition(topic(run, source), partition) for partition in range(partitions)])
+    consumer.assign([TopicPartition(topic(run, source), partition) for partition in partitions])
     handle = HANDLERS[stage]
     print("ready", flush=True)
     seen, first = 0, None
@@ -220,9 +225,9 @@ async def _line(process: asyncio.subprocess.Process, expected: str) -> str:
 
 
 async def measure(bootstrap: str, database_url: str, records: list[tuple[bytes, bytes]], partitions: int,
-                  watched: dict[int, str]) -> dict[str, Any]:
-    """Run the floor's processes over `records` (key, value); `watched` adds processes whose CPU to count (the
-    broker, the postmaster)."""
+                  watched: dict[int, str], instances: int = 1) -> dict[str, Any]:
+    """Run the floor's processes over `records` (key, value), `instances` processes per stage sharing the
+    partitions; `watched` adds processes whose CPU to count (the broker, the postmaster)."""
     run = uuid.uuid4().hex[:8]
     await ensure_topics(bootstrap, partitions, names=tuple(topic(run, name) for name in (INGRESS, ACCEPTED, LIFECYCLE)))
     pool = await create_pool(database_url, max_size=1)
@@ -237,19 +242,27 @@ async def measure(bootstrap: str, database_url: str, records: list[tuple[bytes, 
     await asyncio.to_thread(records_file.write_bytes, pickle.dumps(records))
     spawned: dict[str, asyncio.subprocess.Process] = {}
     try:
+        # Every topic is keyed by dossier code with as many partitions, so a record keeps its partition at every
+        # hop, and each instance knows how many records its partitions will bring.
+        per_partition = Tally(partition_by_key(key, list(range(partitions)), list(range(partitions)))
+                              for key, _ in records)
         for stage in STAGES:
-            spawned[stage] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.pipeline_floor", "--stage", stage, "--run", run, "--bootstrap", bootstrap,
-                "--database-url", database_url, "--count", str(len(records)), "--partitions", str(partitions),
-                cwd=PROJECT_ROOT,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            for instance in range(instances):
+                assigned = [partition for partition in range(partitions) if partition % instances == instance]
+                spawned[f"{stage}#{instance}"] = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "bench.pipeline_floor", "--stage", stage, "--run", run,
+                    "--bootstrap", bootstrap, "--database-url", database_url,
+                    "--count", str(sum(per_partition[partition] for partition in assigned)),
+                    "--assigned", ",".join(map(str, assigned)), cwd=PROJECT_ROOT,
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         spawned["source"] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.pipeline_floor", "--source", str(records_file), "--run", run,
             "--bootstrap", bootstrap,
             cwd=PROJECT_ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         for process in spawned.values():
             await _line(process, "ready")
-        processes = ProcessWatch({**watched, **{process.pid: f"floor {name}" for name, process in spawned.items()}})
+        processes = ProcessWatch({**watched, **{process.pid: f"floor {name.split('#')[0]}"
+                                                for name, process in spawned.items()}})
         processes.mark_start()
         sampling = asyncio.create_task(_sample_every(processes, 0.5))
         go = spawned["source"].stdin
@@ -271,7 +284,8 @@ async def measure(bootstrap: str, database_url: str, records: list[tuple[bytes, 
     wall = max(done["last"] for done in finished.values()) - first
     used = processes.cpu_seconds()
     per_event = {name: round(1e6 * seconds / len(records), 1) for name, seconds in used.items()}
-    return {"run": run, "events": len(records), "seconds": round(wall, 2), "events_per_s": round(len(records) / wall),
+    return {"run": run, "instances": instances, "events": len(records), "seconds": round(wall, 2),
+            "events_per_s": round(len(records) / wall),
             "cores": round(sum(used.values()) / wall, 2),
             "cpu_us_per_event": dict(sorted(per_event.items(), key=lambda item: -item[1])),
             "cpu_us_per_event_total": round(sum(per_event.values()), 1)}
@@ -283,7 +297,7 @@ async def _sample_every(processes: ProcessWatch, seconds: float) -> None:
         processes.sample()
 
 
-async def main(dossiers: int, partitions: int) -> dict[str, Any]:
+async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="tthc-floor-bench-"))
     kafka_port, controller_port, postgres_port = free_ports(3)
     kafka = LocalKafka(home / "kafka", kafka_port, controller_port)
@@ -295,7 +309,7 @@ async def main(dossiers: int, partitions: int) -> dict[str, Any]:
         records = lifecycles(dossiers, Keyring.parse(new_key_spec("bench")))
         watched = {pid: name for pid, name in ((kafka.pid, "kafka"), (postmaster_pid(postgres.data_dir), "postgres"))
                    if pid is not None}
-        result = await measure(kafka.bootstrap_servers, database_url, records, partitions, watched)
+        result = await measure(kafka.bootstrap_servers, database_url, records, partitions, watched, instances)
         return {"benchmark": "pipeline_floor", "measured_at": datetime.now(UTC).isoformat(),
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                             "python": platform.python_version()},
@@ -310,6 +324,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dossiers", type=int, default=20000, help="three events each")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--instances", type=int, default=1, help="processes per stage, sharing the partitions")
+    parser.add_argument("--assigned", help=argparse.SUPPRESS)
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
@@ -318,11 +334,12 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
-        asyncio.run(run_stage(args.stage, args.run, args.bootstrap, args.database_url, args.count, args.partitions))
+        asyncio.run(run_stage(args.stage, args.run, args.bootstrap, args.database_url, args.count,
+                              [int(partition) for partition in args.assigned.split(",") if partition]))
     elif args.source:
         asyncio.run(run_source(args.run, args.bootstrap, pickle.loads(args.source.read_bytes())))  # noqa: S301 - the parent wrote it
     else:
-        outcome = asyncio.run(main(args.dossiers, args.partitions))
+        outcome = asyncio.run(main(args.dossiers, args.partitions, args.instances))
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"pipeline-floor-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
         out.write_text(json.dumps(outcome, indent=2) + "\n")

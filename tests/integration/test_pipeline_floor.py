@@ -1,5 +1,6 @@
 """The pipeline's floor (bench/pipeline_floor.py) does the work it claims, against the real broker and
-database: every record through every stage, each stage's rows in the services' own tables."""
+database: every record through every stage, each stage's rows in the services' own tables, with one process
+per stage or several sharing the partitions."""
 
 from __future__ import annotations
 
@@ -33,12 +34,13 @@ async def lifecycle_values(bootstrap: str, run: str, count: int) -> Counter[byte
         await consumer.stop()
 
 
-async def test_every_record_goes_through_every_stage(infra: Infra, database_url: str) -> None:
+@pytest.mark.parametrize("instances", [1, 2])
+async def test_every_record_goes_through_every_stage(infra: Infra, database_url: str, instances: int) -> None:
     dossiers = [f"000.00.24.00001-261126-FL{n:06d}" for n in range(40)]
     records = [(code.encode(), json.dumps({"dossier": code, "step": step}).encode())
                for step in range(3) for code in dossiers]
 
-    result = await pipeline_floor.measure(infra.bootstrap_servers, database_url, records, PARTITIONS, {})
+    result = await pipeline_floor.measure(infra.bootstrap_servers, database_url, records, PARTITIONS, {}, instances)
 
     assert result["events"] == len(records)
     assert result["events_per_s"] > 0
