@@ -241,6 +241,7 @@ async def measure(bootstrap: str, database_url: str, records: list[tuple[bytes, 
     records_file = work / "records.pickle"
     await asyncio.to_thread(records_file.write_bytes, pickle.dumps(records))
     spawned: dict[str, asyncio.subprocess.Process] = {}
+    sampling: asyncio.Task[None] | None = None
     try:
         # Every topic is keyed by dossier code with as many partitions, so a record keeps its partition at every
         # hop, and each instance knows how many records its partitions will bring.
@@ -269,16 +270,26 @@ async def measure(bootstrap: str, database_url: str, records: list[tuple[bytes, 
         assert go is not None
         go.write(b"go\n")
         await go.drain()
-        finished = {name: json.loads(await _line(process, "done ")) for name, process in spawned.items()}
-        sampling.cancel()
+        # Generous (the floor runs thousands a second), so that a stage stuck for good fails the measurement
+        # instead of hanging it.
+        deadline = time.monotonic() + 60 + len(records) / 200
+        finished = {name: json.loads(await asyncio.wait_for(_line(process, "done "), deadline - time.monotonic()))
+                    for name, process in spawned.items()}
+        sampling.cancel()  # before the renaming below, which a later sample would undo
         processes.sample()
         processes.rename(await database_backends(database_url))
     finally:
+        if sampling is not None:
+            sampling.cancel()
         for process in spawned.values():
             if process.stdin is not None:
                 process.stdin.close()
         for process in spawned.values():
-            await process.wait()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:  # still consuming: a measurement that failed before every record got through
+                process.kill()
+                await process.wait()
         shutil.rmtree(work, ignore_errors=True)
     first = finished["source"]["first"]
     wall = max(done["last"] for done in finished.values()) - first
