@@ -98,6 +98,6 @@ async def test_the_migration_counts_rows_written_before_it(pool: asyncpg.Pool, t
     await queue(pool, "F", 25)
     await pool.execute(f"INSERT INTO {SCHEMA}.surveys VALUES ('S1', '07420', $1, 'dissatisfied', NULL, $1)", NOW)
 
-    assert await db.migrate(pool, SCHEMA, MIGRATIONS) == ["0007_counts.sql"]
+    assert (await db.migrate(pool, SCHEMA, MIGRATIONS))[0] == "0007_counts.sql"
     await assert_counts_true(pool)
     assert (await truth(pool)).answers == {("07420", "dissatisfied"): 1}

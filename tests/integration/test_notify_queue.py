@@ -94,3 +94,13 @@ async def test_setting_aside_opted_out_messages_reads_theirs_only(pool: asyncpg.
     root = await explained(pool, SET_ASIDE_OPTED_OUT)
     assert int(root["Actual Rows"]) == 3
     assert rows_read(root, "d") <= 10, "the sweep read the waiting messages, not the opted-out citizens'"
+
+
+async def test_the_sweep_reads_nothing_while_nobody_has_opted_out_even_without_statistics(pool: asyncpg.Pool) -> None:
+    # As a freshly deployed notify runs: no ANALYZE has been made of the deliveries its rounds have queued.
+    await queue(pool, "sms", 20_000, datetime.now(UTC) - timedelta(days=1), "SM")
+    await pool.execute(f"UPDATE {SCHEMA}.deliveries SET required = false")
+
+    root = await explained(pool, SET_ASIDE_OPTED_OUT)
+    assert int(root["Actual Rows"]) == 0
+    assert rows_read(root, "d") == 0, "the sweep read the waiting messages with nobody opted out"
