@@ -104,12 +104,14 @@ class OutboxRelay:
         self._taken_since_vacuum += len(rows)
         if self._taken_since_vacuum >= self.vacuum_every and (self._vacuum is None or self._vacuum.done()):
             self._taken_since_vacuum = 0
-            # Beside the relay rather than in its way: it takes no lock that a take or a batch's insert waits for.
+            # Beside the relay rather than in its way: a vacuum waits for no take or insert and holds none up (the
+            # exclusive lock it may take to cut the table's empty end is given up as soon as anyone waits).
             self._vacuum = asyncio.create_task(self._vacuum_outbox(), name="outbox-vacuum")
         return len(rows)
 
     async def _vacuum_outbox(self) -> None:
+        # A failure costs only this pass: autovacuum still comes, and the next threshold tries again.
         try:
             await self.pool.execute(f"VACUUM {SCHEMA}.outbox")
-        except (OSError, asyncpg.PostgresError) as error:  # autovacuum still comes; the next threshold tries again
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             log.warning("vacuuming the outbox failed: %s", error)
