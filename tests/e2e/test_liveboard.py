@@ -20,13 +20,16 @@ pytestmark = pytest.mark.e2e
 
 async def test_the_liveboard_shows_today_per_unit(stack: Stack) -> None:
     now = datetime.now(VN)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    # Received and resolved today in Vietnam whatever the hour the suite runs at, just after midnight included.
+    received_at, resolved_at = midnight + (now - midnight) / 3, midnight + (now - midnight) * 2 / 3
     overdue, early = dossier_code(), dossier_code()
     async with intake_client(stack) as intake:
         events = [
             # Received three weeks ago and still open: overdue whatever the procedure.
             cloudevent(EventType.RECEIVED, overdue, received_data(), at=now - timedelta(days=21)),
-            cloudevent(EventType.RECEIVED, early, received_data(), at=now - timedelta(minutes=10)),
-            cloudevent(EventType.RESOLVED, early, {}, at=now - timedelta(minutes=5)),
+            cloudevent(EventType.RECEIVED, early, received_data(), at=received_at),
+            cloudevent(EventType.RESOLVED, early, {}, at=resolved_at),
         ]
         reply = await intake.post("/v1/events", json=events)
         assert reply.status_code == 202, reply.text
