@@ -4,7 +4,6 @@ real sockets, as the services serve it."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Annotated
 
 import pytest
@@ -12,6 +11,7 @@ import uvicorn
 from fastapi import FastAPI, Query, Response
 
 from bench.end_to_end import Scraper
+from shared.infra.ports import free_port
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -32,9 +32,7 @@ async def test_the_scraper_keeps_one_connection_and_says_when_there_is_no_exposi
         peers.append((request.client.host, request.client.port))
         return await call_next(request)
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
 
