@@ -467,8 +467,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "processes": used,
             "floor": floor_rates,
             "pipeline_floor": pipeline,
-            "cpu_us_per_event": cpu_by_part({name: value["cpu_seconds"] for name, value in used.items()},
-                                            run.observed.judged, pipeline),
+            "cpu_us_per_event": cpu_by_part(processes.cpu_seconds(), run.observed.judged, pipeline),
             "ratios": {f"end_to_end / {name}": round(e2e_rate / value, 3)
                        for name, value in floor_rates.items() if name != "records" and value},
             "timeline": run.timeline,
