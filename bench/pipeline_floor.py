@@ -46,14 +46,12 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from bench.processes import ProcessWatch, database_backends, postmaster_pid
+from bench.infra import infrastructure
+from bench.processes import ProcessWatch, database_backends
 from bench.resolution_throughput import RESULTS, lifecycles
 from shared.crypto import Keyring, new_key_spec
 from shared.db import create_pool, migrate
-from shared.infra.kafka import LocalKafka
 from shared.infra.paths import PROJECT_ROOT
-from shared.infra.ports import free_ports
-from shared.infra.postgres import LocalPostgres
 from shared.kafka import ensure_topics, partition_by_key, send_batched
 
 INGRESS, ACCEPTED, LIFECYCLE = "ingress", "accepted", "lifecycle"
@@ -309,26 +307,14 @@ async def _sample_every(processes: ProcessWatch, seconds: float) -> None:
 
 
 async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]:
-    home = Path(tempfile.mkdtemp(prefix="tthc-floor-bench-"))
-    kafka_port, controller_port, postgres_port = free_ports(3)
-    kafka = LocalKafka(home / "kafka", kafka_port, controller_port)
-    postgres = LocalPostgres(home / "pg" / "data", postgres_port)
-    try:
-        kafka.start()
-        database_url = postgres.start()
-        await kafka.wait_ready()
+    # Its own broker and database, never the environment's: the floor counts their CPU.
+    async with infrastructure("tthc-floor-bench-", from_environment=False) as infra:
         records = lifecycles(dossiers, Keyring.parse(new_key_spec("bench")))
-        watched = {pid: name for pid, name in ((kafka.pid, "kafka"), (postmaster_pid(postgres.data_dir), "postgres"))
-                   if pid is not None}
-        result = await measure(kafka.bootstrap_servers, database_url, records, partitions, watched, instances)
-        return {"benchmark": "pipeline_floor", "measured_at": datetime.now(UTC).isoformat(),
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()},
-                "dossiers": dossiers, "partitions": partitions, **result}
-    finally:
-        kafka.stop()
-        postgres.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        result = await measure(infra.bootstrap_servers, infra.database_url, records, partitions, infra.started,
+                               instances)
+    return {"benchmark": "pipeline_floor", "measured_at": datetime.now(UTC).isoformat(),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "dossiers": dossiers, "partitions": partitions, **result}
 
 
 if __name__ == "__main__":

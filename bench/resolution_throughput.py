@@ -15,26 +15,22 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.infra import infrastructure
 from shared.clock.policy import Policy
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.contract.lifecycle import EventAccepted
 from shared.crypto import Keyring, new_key_spec
-from shared.infra.kafka import LocalKafka
 from shared.infra.paths import PROJECT_ROOT
-from shared.infra.ports import free_port, free_ports
-from shared.infra.postgres import LocalPostgres
+from shared.infra.ports import free_port
 from shared.kafka import ensure_topics
 from shared.reference import Reference
 
@@ -134,71 +130,56 @@ async def judged(database_url: str) -> tuple[int, datetime | None, datetime | No
 
 
 async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]:
-    home = Path(tempfile.mkdtemp(prefix="tthc-bench-"))
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-    database_url = os.environ.get("DATABASE_URL", "")
-    kafka_port, controller_port, postgres_port = free_ports(3)
-    kafka = None if bootstrap else LocalKafka(home / "kafka", kafka_port, controller_port)
-    postgres = None if database_url else LocalPostgres(home / "pg" / "data", postgres_port)
     resolutions: list[asyncio.subprocess.Process] = []
-    try:
-        if kafka is not None:
-            kafka.start()
-        if postgres is not None:
-            database_url = postgres.start()
-        if kafka is not None:
-            await kafka.wait_ready()
-            bootstrap = kafka.bootstrap_servers
-        await ensure_topics(bootstrap, partitions)
-        keys = new_key_spec("bench")
-        records = lifecycles(dossiers, Keyring.parse(keys))
-        produce_rate = await produce(bootstrap, topics.ACCEPTED, records)
-        consume_rate = await consume_all(bootstrap, topics.ACCEPTED, len(records))
-        insert_rate = await raw_inserts(database_url, records)
+    async with infrastructure("tthc-bench-") as infra:
+        try:
+            bootstrap, database_url = infra.bootstrap_servers, infra.database_url
+            await ensure_topics(bootstrap, partitions)
+            keys = new_key_spec("bench")
+            records = lifecycles(dossiers, Keyring.parse(keys))
+            produce_rate = await produce(bootstrap, topics.ACCEPTED, records)
+            consume_rate = await consume_all(bootstrap, topics.ACCEPTED, len(records))
+            insert_rate = await raw_inserts(database_url, records)
 
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
-               "TTHC_DATA_KEYS": keys, "TTHC_LOG_LEVEL": "WARNING"}
-        profiler = os.environ.get("BENCH_PROFILE")  # e.g. "py-spy record -o out.svg --" to see where time goes
-        resolutions = [
-            await asyncio.create_subprocess_exec(
-                *(profiler.split() if profiler else []), sys.executable, "-m", "services.resolution",
-                cwd=PROJECT_ROOT, env={**env, "RESOLUTION_PORT": str(free_port())},
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-            for _ in range(instances)
-        ]
-        deadline = time.monotonic() + 600
-        count, first, last = 0, None, None
-        while count < len(records) and time.monotonic() < deadline:
-            await asyncio.sleep(1.0)
-            count, first, last = await judged(database_url)
-            print(f"\r  {progress_bar(count / len(records))} {count:,} of {len(records):,} events judged",
-                  end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-        seconds = (last - first).total_seconds() if first and last else float("nan")
-        rate = count / seconds if seconds else float("nan")
-        return {
-            "benchmark": "resolution_throughput",
-            "measured_at": datetime.now(UTC).isoformat(),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-            "dossiers": dossiers, "events": len(records), "partitions": partitions, "instances": instances,
-            "spread": SPREAD,
-            # Overrides of resolution's settings this run was made with (A/B experiments), if any.
-            "settings": {name: value for name, value in os.environ.items() if name.startswith("RESOLUTION_")},
-            "judged": count,
-            "resolution_events_per_s": round(rate), "seconds": round(seconds, 2),
-            "floor": {"aiokafka_produce_per_s": round(produce_rate), "aiokafka_consume_per_s": round(consume_rate),
-                      "asyncpg_insert_per_s": round(insert_rate)},
-            "ratio_to_asyncpg_floor": round(rate / insert_rate, 3),
-        }
-    finally:
-        for process in resolutions:
-            process.terminate()
-            await process.wait()
-        if kafka is not None:
-            kafka.stop()
-        if postgres is not None:
-            postgres.stop()
-        shutil.rmtree(home, ignore_errors=True)  # the broker's and the database's files: a gigabyte a run
+            env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
+                   "TTHC_DATA_KEYS": keys, "TTHC_LOG_LEVEL": "WARNING"}
+            profiler = os.environ.get("BENCH_PROFILE")  # e.g. "py-spy record -o out.svg --" to see where time goes
+            resolutions = [
+                await asyncio.create_subprocess_exec(
+                    *(profiler.split() if profiler else []), sys.executable, "-m", "services.resolution",
+                    cwd=PROJECT_ROOT, env={**env, "RESOLUTION_PORT": str(free_port())},
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                for _ in range(instances)
+            ]
+            deadline = time.monotonic() + 600
+            count, first, last = 0, None, None
+            while count < len(records) and time.monotonic() < deadline:
+                await asyncio.sleep(1.0)
+                count, first, last = await judged(database_url)
+                print(f"\r  {progress_bar(count / len(records))} {count:,} of {len(records):,} events judged",
+                      end="", file=sys.stderr, flush=True)
+            print(file=sys.stderr)
+            seconds = (last - first).total_seconds() if first and last else float("nan")
+            rate = count / seconds if seconds else float("nan")
+            return {
+                "benchmark": "resolution_throughput",
+                "measured_at": datetime.now(UTC).isoformat(),
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version()},
+                "dossiers": dossiers, "events": len(records), "partitions": partitions, "instances": instances,
+                "spread": SPREAD,
+                # Overrides of resolution's settings this run was made with (A/B experiments), if any.
+                "settings": {name: value for name, value in os.environ.items() if name.startswith("RESOLUTION_")},
+                "judged": count,
+                "resolution_events_per_s": round(rate), "seconds": round(seconds, 2),
+                "floor": {"aiokafka_produce_per_s": round(produce_rate), "aiokafka_consume_per_s": round(consume_rate),
+                          "asyncpg_insert_per_s": round(insert_rate)},
+                "ratio_to_asyncpg_floor": round(rate / insert_rate, 3),
+            }
+        finally:
+            for process in resolutions:
+                process.terminate()
+                await process.wait()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""A broker and a database for a benchmark that runs without the stack."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.processes import postmaster_pid
+from shared.infra.kafka import LocalKafka
+from shared.infra.ports import free_ports
+from shared.infra.postgres import LocalPostgres
+
+
+@dataclass(frozen=True)
+class Infrastructure:
+    bootstrap_servers: str
+    database_url: str
+    started: dict[int, str]
+    """pid -> "kafka" or "postgres" of those started here, whose CPU a benchmark can count."""
+
+
+@asynccontextmanager
+async def infrastructure(prefix: str, *, from_environment: bool = True) -> AsyncIterator[Infrastructure]:
+    """The environment's broker and database (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL) where set and allowed,
+    otherwise ones of its own in a temporary directory, stopped and deleted afterwards (a gigabyte a run)."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "") if from_environment else ""
+    database_url = os.environ.get("DATABASE_URL", "") if from_environment else ""
+    kafka_port, controller_port, postgres_port = free_ports(3)
+    kafka = None if bootstrap else LocalKafka(home / "kafka", kafka_port, controller_port)
+    postgres = None if database_url else LocalPostgres(home / "pg" / "data", postgres_port)
+    try:
+        if kafka is not None:
+            kafka.start()
+        if postgres is not None:
+            database_url = await asyncio.to_thread(postgres.start)
+        if kafka is not None:
+            await kafka.wait_ready()
+            bootstrap = kafka.bootstrap_servers
+        started = {kafka.pid: "kafka"} if kafka is not None and kafka.pid is not None else {}
+        if postgres is not None and (pid := postmaster_pid(postgres.data_dir)) is not None:
+            started[pid] = "postgres"
+        yield Infrastructure(bootstrap, database_url, started)
+    finally:
+        if kafka is not None:
+            kafka.stop()
+        if postgres is not None:
+            postgres.stop()
+        shutil.rmtree(home, ignore_errors=True)
