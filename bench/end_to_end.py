@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import pipeline_floor
@@ -196,6 +196,7 @@ class Run:
     observed: Observed = field(default_factory=Observed)
     probes_sent: list[float] = field(default_factory=list)
     probe_latency: list[tuple[float, float]] = field(default_factory=list)
+    probe_codes: list[tuple[str, float]] = field(default_factory=list)  # (dossier code, wall-clock send time)
     timeline: list[dict[str, float]] = field(default_factory=list)
     sending: bool = True
     started: float = 0.0
@@ -278,6 +279,7 @@ class Run:
                      "data": {"procedure_code": procedure, "unit_code": self.probe_unit, "channel": "online",
                               "applicant": applicant}}
             self.probes_sent.append(time.perf_counter())
+            self.probe_codes.append((str(event["subject"]), time.time()))
             reply = await client.post("/v1/events", content=self.event_bytes(event),
                                       headers={"content-type": "application/cloudevents+json"})
             if reply.status_code == 202:
@@ -287,6 +289,7 @@ class Run:
             else:
                 print(f"probe refused ({reply.status_code}): {reply.text[:200]}", file=sys.stderr)
                 self.probes_sent.pop()
+                self.probe_codes.pop()
             await asyncio.sleep(self.probe_interval)
 
     async def watch_metrics(self) -> None:
@@ -430,6 +433,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         expected = run.tally.accepted_http + run.tally.sent_kafka
         latencies = [latency for _, latency in run.probe_latency]
         steady = [latency for at, latency in run.probe_latency if at >= args.warmup]
+        probed = {code: (sent, latency) for (code, sent), (_, latency) in zip(run.probe_codes, run.probe_latency,
+                                                                               strict=False)}
+        legs = await probe_legs(stack.bootstrap_servers, probed)
         for name in list(stack.processes):  # the floors have the box to themselves
             await asyncio.to_thread(stack.stop_process, name)
         print("measuring the floor on the same payloads ...", file=sys.stderr, flush=True)
@@ -464,6 +470,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "expected_events": expected,
             "latency_s": {**latency_summary(latencies), "sent": len(run.probes_sent), "poll_interval": 0.05},
             "latency_after_warmup_s": {**latency_summary(steady), "warmup_s": args.warmup},
+            "latency_legs_s": legs,
             "processes": used,
             "floor": floor_rates,
             "pipeline_floor": pipeline,
@@ -477,6 +484,55 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.to_thread(stack.stop)
         for data in ("kafka", "postgres"):  # a gigabyte a run; the services' logs stay
             shutil.rmtree(home / data, ignore_errors=True)
+
+
+LEGS = ("intake", "waiting for resolution", "resolution and its relay", "metrics and the probe's poll")
+
+
+async def probe_legs(bootstrap: str, probes: dict[str, tuple[float, float]]) -> dict[str, dict[str, float | None]]:
+    """Where each probe's latency went, from the timestamps its events carry: sent (wall clock, here) → its
+    accepted record (intake's producer) → `recorded_at` of its canonical event (when resolution's batch began
+    judging it) → the canonical record (the outbox relay's producer) → seen on the counter (sent + latency).
+    `probes` maps a probe's dossier code to (sent, latency); one leg of a probe is left out if a record is
+    missing. Read after the run from both topics, so the stack never pays for it."""
+    accepted: dict[str, float] = {}
+    canonical: dict[str, tuple[float, float]] = {}  # code → (recorded_at, record's timestamp)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topics.ACCEPTED, topics.LIFECYCLE])
+    finally:
+        await admin.close()
+    await consumer.start()
+    try:
+        for topic in (topics.ACCEPTED, topics.LIFECYCLE):
+            partitions = [TopicPartition(topic, partition["partition"]) for description in described
+                          if description["topic"] == topic for partition in description["partitions"]]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                    for record in records:
+                        code = (record.key or b"").decode()
+                        if code not in probes:
+                            continue
+                        if topic == topics.ACCEPTED:
+                            accepted.setdefault(code, record.timestamp / 1000)
+                        elif (body := json.loads(record.value or b"{}")).get("sequence") == 1:
+                            recorded = datetime.fromisoformat(body["recorded_at"]).timestamp()
+                            canonical.setdefault(code, (recorded, record.timestamp / 1000))
+    finally:
+        await consumer.stop()
+    legs: dict[str, list[float]] = {leg: [] for leg in LEGS}
+    for code, (sent, latency) in probes.items():
+        marks = [sent, accepted.get(code), *canonical.get(code, (None, None)), sent + latency]
+        for leg, begin, end in zip(LEGS, marks, marks[1:], strict=False):
+            if begin is not None and end is not None:
+                legs[leg].append(end - begin)
+    return {leg: latency_summary(values) for leg, values in legs.items()}
 
 
 PARTS = ("intake", "resolution", "metrics", "notify")
@@ -531,6 +587,9 @@ def markdown(result: dict[str, Any]) -> str:
     if (steady := result.get("latency_after_warmup_s")) is not None:
         lines.append(f"| the same, probes sent after the first {steady['warmup_s']:g} s ({steady['probes']} probes) | "
                      f"{steady['p50']} / {steady['p95']} / {steady['p99']} / {steady['max']} s |")
+    for leg, summary in result.get("latency_legs_s", {}).items():
+        lines.append(f"| … of which {leg}, p50 / p95 / p99 / max | "
+                     f"{summary['p50']} / {summary['p95']} / {summary['p99']} / {summary['max']} s |")
     for name, value in result["floor"].items():
         if name != "records":
             lines.append(f"| floor: {name.replace('_', ' ')} | {value:,} |")
