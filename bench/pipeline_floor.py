@@ -7,7 +7,8 @@ moves records; this one says how fast the design's own I/O can go on this machin
 - a source process produces every record to an ingress topic (as the commune systems' Kafka lane does);
 - `intake` consumes it, records each event for dedupe (one row) and produces it to the accepted topic;
 - `resolution` consumes that and in one transaction upserts each dossier's snapshot (the record as its
-  `jsonb`), copies each event into the history and the outbox, then takes the outbox rows out
+  `jsonb`), copies each event into the history, adds its timeline row and copies it into the outbox, then
+  takes the outbox rows out
   (`DELETE … RETURNING`) and produces them to the lifecycle topic;
 - `metrics` and `notify` each consume the lifecycle topic: metrics upserts each dossier's progress row and its
   partition's counter, notify inserts one delivery per event;
@@ -102,6 +103,10 @@ async def resolution(run: str, pool: asyncpg.Pool, producer: AIOKafkaProducer | 
             "events", schema_name=where,
             columns=("source", "event_id", "dossier_code", "sequence", "occurred_at", "payload", "recorded_at"),
             records=[("floor", f"{r.partition}:{r.offset}", _code(r), 1, now, _text(r), now) for r in records])
+        await conn.execute(
+            f"INSERT INTO {where}.timeline SELECT c, o, 'received', $3, 'received', $3, NULL "
+            "FROM unnest($1::text[], $2::int[]) AS t(c, o) ON CONFLICT DO NOTHING",
+            [_code(r) for r in records], [r.offset for r in records], now)
         await conn.copy_records_to_table("outbox", schema_name=where, columns=("topic", "key", "payload"),
                                          records=[(topic(run, LIFECYCLE), _code(r), r.value) for r in records])
     taken = BATCH

@@ -90,6 +90,8 @@ class Dossier(BaseModel):
     time_used_ratio: float | None = None
     steps: dict[str, StepView] = Field(default_factory=dict)
     last_occurred_at: datetime
+    # The entries folded into this value: the whole history when folded from the first event, only those since
+    # it was read when it comes from a stored snapshot, which keeps none (resolution stores them as rows).
     timeline: list[TimelineEntry] = Field(default_factory=list)
     calendar_version: str = ""
     policy_version: str = ""
@@ -98,6 +100,11 @@ class Dossier(BaseModel):
     reason: str | None = None
 
     # -- reading -----------------------------------------------------------------------------------------
+
+    def snapshot_json(self) -> str:
+        """The dossier as stored after every event, without its timeline: that grows with every event and is
+        stored once per entry instead of again with each one."""
+        return self.model_dump_json(exclude={"timeline"})
 
     @property
     def is_open(self) -> bool:

@@ -112,7 +112,7 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
                 request.headers.get("x-internal-token", "").encode(),
                 settings.internal_token.get_secret_value().encode()):
             raise HTTPException(403, "internal endpoint: read dossiers through intake with an API key")
-        found = await store.dossier(database.pool, code)
+        found = await store.dossier(database.pool, code, with_timeline=True)
         if found is None:
             raise HTTPException(404, f"no dossier {code}")
         view = found.model_dump(mode="json", exclude={"applicant_sealed"})

@@ -10,7 +10,7 @@ from shared.catalog import Catalog
 from shared.contract import topics
 from shared.contract.lifecycle import DossierLifecycleEvent, EventAccepted
 from shared.contract.rejections import EventRefused, RejectionReason, RejectionRecorded, Stage
-from shared.dossier import ClockFor, Dossier, ImpossibleTransition, fold
+from shared.dossier import ClockFor, Dossier, ImpossibleTransition, TimelineEntry, fold
 
 
 @dataclass
@@ -18,6 +18,11 @@ class Verdicts:
     """What a batch changes: dossiers to write, events to record, messages for the outbox."""
 
     dossiers: dict[str, Dossier] = field(default_factory=dict)
+    # Timeline entries to store, by dossier: those this batch added, or every one of a dossier whose history
+    # was refolded (a late event moves the places, states and due instants of those after it); the stored
+    # entries of the `refolded` ones are replaced.
+    timeline: dict[str, list[TimelineEntry]] = field(default_factory=dict)
+    refolded: set[str] = field(default_factory=set)
     recorded: list[tuple[EventAccepted, int | None, str | None]] = field(default_factory=list)
     outbox: list[tuple[str, str, bytes]] = field(default_factory=list)
     accepted: int = 0
@@ -62,6 +67,7 @@ def judge(
     verdicts = Verdicts()
     for code in {event.dossier_code for event in events} - dossiers.keys():
         histories.setdefault(code, [])  # a dossier new in this batch: its whole history is in the batch
+    stored_up_to = {code: dossier.sequence for code, dossier in dossiers.items()}
     for event in events:
         current = verdicts.dossiers.get(event.dossier_code) or dossiers.get(event.dossier_code)
         try:
@@ -75,6 +81,8 @@ def judge(
                 refolded = fold(ordered, catalog, clock_for)
                 # The sequence keeps counting accepted events; the state is the refolded one.
                 updated = refolded.model_copy(update={"sequence": current.sequence + 1})
+                stored_up_to[event.dossier_code] = 0
+                verdicts.refolded.add(event.dossier_code)
             else:
                 updated = current.apply(event, catalog, clock_for)
         except EventRefused as refusal:
@@ -96,4 +104,6 @@ def judge(
         canonical: DossierLifecycleEvent = updated.lifecycle_event(event, clock_for(updated.unit_code), now)
         verdicts.outbox.append((topics.LIFECYCLE, event.dossier_code, canonical.model_dump_json().encode()))
         verdicts.accepted += 1
+    for code, dossier in verdicts.dossiers.items():
+        verdicts.timeline[code] = [entry for entry in dossier.timeline if entry.sequence > stored_up_to.get(code, 0)]
     return verdicts

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from services.resolution.store import SCHEMA
+from services.resolution.store import SCHEMA, write_timeline
 from shared.contract.lifecycle import EventAccepted
 from shared.dossier import Dossier, fold
 from shared.reference import Reference
@@ -57,17 +57,20 @@ async def replay(pool: asyncpg.Pool, reference: Reference, *, apply: bool = Fals
         async with conn.transaction():
             await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
             await conn.execute(f"CREATE SCHEMA {REPLAY_SCHEMA}")
-            await conn.execute(f"CREATE TABLE {REPLAY_SCHEMA}.dossiers (LIKE {SCHEMA}.dossiers INCLUDING ALL)")
+            for table in ("dossiers", "timeline"):
+                await conn.execute(f"CREATE TABLE {REPLAY_SCHEMA}.{table} (LIKE {SCHEMA}.{table} INCLUDING ALL)")
             await conn.executemany(
                 f"INSERT INTO {REPLAY_SCHEMA}.dossiers (code, state, unit_code, snapshot, updated_at) "
                 "VALUES ($1, $2, $3, $4::jsonb, now())",
-                [(d.code, d.state.value, d.unit_code, d.model_dump_json()) for d in rebuilt.values()],
+                [(d.code, d.state.value, d.unit_code, d.snapshot_json()) for d in rebuilt.values()],
             )
+            await write_timeline(conn, {code: d.timeline for code, d in rebuilt.items()}, REPLAY_SCHEMA)
             if apply and differences:
-                changed = {difference.dossier_code for difference in differences}
+                changed = sorted({difference.dossier_code for difference in differences})
                 await conn.executemany(
                     f"UPDATE {SCHEMA}.dossiers SET state = $2, snapshot = $3::jsonb, updated_at = now() "
                     "WHERE code = $1",
-                    [(code, rebuilt[code].state.value, rebuilt[code].model_dump_json()) for code in sorted(changed)],
+                    [(code, rebuilt[code].state.value, rebuilt[code].snapshot_json()) for code in changed],
                 )
+                await write_timeline(conn, {code: rebuilt[code].timeline for code in changed}, replacing=changed)
     return differences

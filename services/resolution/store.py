@@ -11,7 +11,7 @@ import asyncpg
 from services.resolution.judge import Verdicts
 from shared.contract.lifecycle import EventAccepted
 from shared.db import Connection
-from shared.dossier import Dossier
+from shared.dossier import Dossier, TimelineEntry
 
 SCHEMA = "resolution"
 OUTBOX_CHANNEL = "resolution_outbox"
@@ -31,9 +31,10 @@ async def judged_keys(conn: Connection, keys: list[tuple[str, str]]) -> set[tupl
 class DossierCache:
     """Dossiers as this instance last committed them, each with the `updated_at` it was written with.
 
-    Reading a dossier back means parsing its snapshot, which with its timeline costs more than judging an
-    event. A batch asks the database only whether each row still carries the `updated_at` remembered here, and
-    reads the snapshot of those someone else has written since (another instance after a rebalance, a replay).
+    Reading a dossier back would mean fetching and parsing its snapshot. A batch asks the database only whether
+    each row still carries the `updated_at` remembered here, and reads the snapshot of those someone else has
+    written since (another instance after a rebalance, a replay). A cached dossier keeps the timeline entries
+    folded since it was read; the batch stores only those newer than the stored ones.
     Entries are put only after their batch commits; least recently used ones go beyond `size`."""
 
     def __init__(self, size: int) -> None:
@@ -115,8 +116,9 @@ async def write(conn: Connection, verdicts: Verdicts, now: datetime,
             f"INSERT INTO {SCHEMA}.dossiers (code, state, unit_code, snapshot, updated_at) "
             "VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT (code) DO UPDATE SET state = EXCLUDED.state, "
             "unit_code = EXCLUDED.unit_code, snapshot = EXCLUDED.snapshot, updated_at = EXCLUDED.updated_at",
-            [(d.code, d.state.value, d.unit_code, d.model_dump_json(), now) for d in verdicts.dossiers.values()],
+            [(d.code, d.state.value, d.unit_code, d.snapshot_json(), now) for d in verdicts.dossiers.values()],
         )
+    await write_timeline(conn, verdicts.timeline, replacing=verdicts.refolded)
     # COPY rather than INSERTs: one stream instead of a statement per row, for this process and for PostgreSQL.
     # A row already there (another instance judged it first) fails the batch as an INSERT would.
     if verdicts.recorded:
@@ -132,9 +134,28 @@ async def write(conn: Connection, verdicts: Verdicts, now: datetime,
         await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
 
 
-async def dossier(pool: asyncpg.Pool, code: str) -> Dossier | None:
+async def write_timeline(conn: Connection, timelines: Mapping[str, list[TimelineEntry]], schema: str = SCHEMA,
+                         *, replacing: Iterable[str] = ()) -> None:
+    """Store timeline entries by dossier: new rows, after deleting those of the dossiers `replacing` (refolded
+    ones, whose entries all move)."""
+    if replacing := list(replacing):
+        await conn.execute(f"DELETE FROM {schema}.timeline WHERE dossier_code = ANY($1::text[])", replacing)
+    records = [(code, e.sequence, e.event_type.value, e.occurred_at, e.state.value, e.due_at, e.clock_change)
+               for code, timeline in timelines.items() for e in timeline]
+    if records:
+        await conn.copy_records_to_table("timeline", schema_name=schema, records=records)
+
+
+async def dossier(pool: asyncpg.Pool, code: str, *, with_timeline: bool = False) -> Dossier | None:
     snapshot = await pool.fetchval(f"SELECT snapshot FROM {SCHEMA}.dossiers WHERE code = $1", code)
-    return Dossier.model_validate_json(snapshot) if snapshot is not None else None
+    if snapshot is None:
+        return None
+    found = Dossier.model_validate_json(snapshot)
+    if not with_timeline:
+        return found
+    rows = await pool.fetch(f"SELECT sequence, event_type, occurred_at, state, due_at, clock_change "
+                            f"FROM {SCHEMA}.timeline WHERE dossier_code = $1 ORDER BY sequence", code)
+    return found.model_copy(update={"timeline": [TimelineEntry.model_validate(dict(row)) for row in rows]})
 
 
 async def counts_by_state(pool: asyncpg.Pool) -> dict[str, int]:

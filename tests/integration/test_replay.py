@@ -43,6 +43,7 @@ async def test_replay_reports_differences_and_applies_only_on_request(pool: asyn
 
     assert await replay(pool, RESTART) == []
     assert await pool.fetchval(f"SELECT count(*) FROM {REPLAY_SCHEMA}.dossiers") == 2
+    assert await pool.fetchval(f"SELECT count(*) FROM {REPLAY_SCHEMA}.timeline") == len(supplemented + plain)
 
     what_if = await replay(pool, SUBTRACT)
     assert {(d.dossier_code, d.field) for d in what_if} >= {(supplemented[0].dossier_code, "legal_due_at")}
@@ -55,8 +56,14 @@ async def test_replay_reports_differences_and_applies_only_on_request(pool: asyn
         (plain[0].dossier_code, "state", "withdrawn", "resolved")]
     assert (await store.dossier(pool, plain[0].dossier_code)).state.value == "withdrawn"  # type: ignore[union-attr]
 
+    await pool.execute(f"DELETE FROM {store.SCHEMA}.timeline WHERE dossier_code = $1 AND sequence = 2",
+                       plain[0].dossier_code)
     assert await replay(pool, RESTART, apply=True) == tampered
     assert await replay(pool, RESTART) == []
+    # Applied, the dossier's timeline is the rebuilt one too.
+    applied = await store.dossier(pool, plain[0].dossier_code, with_timeline=True)
+    assert applied is not None
+    assert [e.event_type for e in applied.timeline] == [EventType.RECEIVED, EventType.RESOLVED]
 
 
 async def test_the_cli_prints_a_what_if(pool: asyncpg.Pool, database_url: str,

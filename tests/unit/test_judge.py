@@ -111,6 +111,32 @@ def test_every_canonical_event_and_snapshot_of_a_full_path_survives_a_round_trip
     [dossier] = verdicts.dossiers.values()
     assert Dossier.model_validate_json(dossier.model_dump_json()) == dossier
     assert dossier == fold(path, CATALOG, RESTART)
+    # The stored snapshot is all of it but the timeline, which is stored entry by entry.
+    assert Dossier.model_validate_json(dossier.snapshot_json()) == dossier.model_copy(update={"timeline": []})
+    assert verdicts.timeline == {dossier.code: dossier.timeline}
+
+
+def test_only_the_timeline_entries_a_batch_adds_are_stored() -> None:
+    history = [received(), event(EventType.STEP_STARTED, MONDAY + timedelta(hours=1), step="s", unit_code="07420")]
+    as_cached = fold(history, CATALOG, RESTART)  # keeps the entries it folded, all of them stored already
+    as_read = Dossier.model_validate_json(as_cached.snapshot_json())  # a snapshot keeps none
+    resolved = event(EventType.RESOLVED, MONDAY + timedelta(hours=5))
+    for stored in (as_cached, as_read):
+        verdicts = judge([resolved], {stored.code: stored}, {}, catalog=CATALOG, clock_for=RESTART, now=NOW)
+        [entry] = verdicts.timeline[stored.code]
+        assert (entry.sequence, entry.event_type, entry.state) == (3, EventType.RESOLVED, DossierState.RESOLVED)
+
+
+def test_a_refolded_dossier_stores_its_whole_timeline_again() -> None:
+    history = [received(), event(EventType.PAUSED, MONDAY + timedelta(hours=2), reason="other"),
+               event(EventType.RESUMED, MONDAY + timedelta(hours=4))]
+    stored = Dossier.model_validate_json(fold(history, CATALOG, RESTART).snapshot_json())
+    # A step that started before the pause: every entry after it moves one place.
+    late_step = event(EventType.STEP_STARTED, MONDAY + timedelta(hours=1), step="s", unit_code=stored.unit_code)
+    verdicts = judge([late_step], {stored.code: stored}, {stored.code: list(history)},
+                     catalog=CATALOG, clock_for=RESTART, now=NOW)
+    assert [(e.sequence, e.event_type) for e in verdicts.timeline[stored.code]] == [
+        (1, EventType.RECEIVED), (2, EventType.STEP_STARTED), (3, EventType.PAUSED), (4, EventType.RESUMED)]
 
 
 def test_the_dossier_cache_keeps_the_most_recently_used_and_the_time_each_was_written() -> None:
