@@ -489,7 +489,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 LEGS = ("intake", "waiting for resolution", "resolution and its relay", "metrics and the probe's poll")
 
 
-async def probe_legs(bootstrap: str, probes: dict[str, tuple[float, float]]) -> dict[str, dict[str, float | None]]:
+async def probe_legs(bootstrap: str, probes: dict[str, tuple[float, float]], accepted_topic: str = topics.ACCEPTED,
+                     lifecycle_topic: str = topics.LIFECYCLE) -> dict[str, dict[str, float | None]]:
     """Where each probe's latency went, from the timestamps its events carry: sent (wall clock, here) → its
     accepted record (intake's producer) → `recorded_at` of its canonical event (when resolution's batch began
     judging it) → the canonical record (the outbox relay's producer) → seen on the counter (sent + latency).
@@ -502,12 +503,12 @@ async def probe_legs(bootstrap: str, probes: dict[str, tuple[float, float]]) -> 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics([topics.ACCEPTED, topics.LIFECYCLE])
+        described = await admin.describe_topics([accepted_topic, lifecycle_topic])
     finally:
         await admin.close()
     await consumer.start()
     try:
-        for topic in (topics.ACCEPTED, topics.LIFECYCLE):
+        for topic in (accepted_topic, lifecycle_topic):
             partitions = [TopicPartition(topic, partition["partition"]) for description in described
                           if description["topic"] == topic for partition in description["partitions"]]
             consumer.assign(partitions)
@@ -519,7 +520,7 @@ async def probe_legs(bootstrap: str, probes: dict[str, tuple[float, float]]) -> 
                         code = (record.key or b"").decode()
                         if code not in probes:
                             continue
-                        if topic == topics.ACCEPTED:
+                        if topic == accepted_topic:
                             accepted.setdefault(code, record.timestamp / 1000)
                         elif (body := json.loads(record.value or b"{}")).get("sequence") == 1:
                             recorded = datetime.fromisoformat(body["recorded_at"]).timestamp()

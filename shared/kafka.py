@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -19,7 +20,8 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.message import StreamMessage
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import BaseModel, ValidationError
 
 from shared.contract import topics
 from shared.settings import CommonSettings
@@ -78,6 +80,30 @@ BatchHandler = Callable[[Records], Awaitable[None]]
 async def _raw_records(message: StreamMessage[Any]) -> Records:
     raw = message.raw_message
     return raw if isinstance(raw, tuple) else (raw,)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def unreadable_counter(registry: CollectorRegistry) -> Counter:
+    return Counter("tthc_unreadable_records_total", "Records skipped because they are not what their topic carries "
+                   "(an alert: only the platform's own services write these topics)", ["topic"], registry=registry)
+
+
+def readable(records: Records, model: type[ModelT], unreadable: Counter) -> list[tuple[int, ModelT]]:
+    """Each record's partition and body parsed as `model`, in order. A record that does not parse is skipped,
+    counted and logged by its place and digest, never its bytes (they may hold personal data): handed back to
+    Kafka it would come again forever and hold up its partition behind it."""
+    parsed: list[tuple[int, ModelT]] = []
+    for record in records:
+        try:
+            parsed.append((record.partition, model.model_validate_json(record.value or b"")))
+        except ValidationError as error:
+            unreadable.labels(record.topic).inc()
+            log.error("skipped %s[%d]@%d, not a %s (%d problems; sha256 %s)", record.topic, record.partition,
+                      record.offset, model.__name__, error.error_count(),
+                      hashlib.sha256(record.value or b"").hexdigest())
+    return parsed
 
 
 IDLE_POLL_MS = 50

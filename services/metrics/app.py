@@ -35,7 +35,7 @@ from shared.contract.rejections import RejectionRecorded
 from shared.db import Connection, ServiceDatabase
 from shared.http import metrics_registry, service_app
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import Records, batch_subscriber, make_broker
+from shared.kafka import Records, batch_subscriber, make_broker, readable, unreadable_counter
 from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ def track_stored(tracker: OpenDossiers, province_of: ProvinceOf, rows: Iterable[
 def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     settings = settings or MetricsSettings()
     registry = metrics_registry()
+    unreadable = unreadable_counter(registry)
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="metrics", settings=settings)
     reference = ReferenceSource()
     database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)
@@ -236,8 +237,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=1000,
                       listener=owners[topics.LIFECYCLE])
     async def on_lifecycle(records: Records) -> None:
-        events = [(record.partition, DossierLifecycleEvent.model_validate_json(record.value))
-                  for record in records if record.value]
+        events = readable(records, DossierLifecycleEvent, unreadable)
         applied = await commit_batch(owners[topics.LIFECYCLE], {part for part, _ in events},
                                      lambda conn, _: store.record_lifecycle(conn, events))
         if applied is None:

@@ -27,7 +27,7 @@ from shared.crypto import keyring_from_settings
 from shared.db import ServiceDatabase, columns
 from shared.http import metrics_registry, service_app
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import Records, batch_subscriber, make_broker
+from shared.kafka import Records, batch_subscriber, make_broker, readable, unreadable_counter
 from shared.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class DeliveryReport(BaseModel):
 def build_app(settings: NotifySettings | None = None) -> FastAPI:
     settings = settings or NotifySettings()
     registry = metrics_registry()
+    unreadable = unreadable_counter(registry)
     broker = make_broker(settings.kafka_bootstrap_servers, registry=registry, app_name="notify", settings=settings)
     reference = ReferenceSource()
     keyring = keyring_from_settings(settings, "notify opens sealed contacts to send messages")
@@ -140,7 +141,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
 
     @batch_subscriber(broker, topics.LIFECYCLE, group_id=settings.consumer_group, max_records=500)
     async def on_lifecycle(records: Records) -> None:
-        events = [DossierLifecycleEvent.model_validate_json(r.value) for r in records if r.value]
+        events = [event for _, event in readable(records, DossierLifecycleEvent, unreadable)]
         now = datetime.now(UTC)
         contacts, surveys, deliveries = [], [], []
         names: dict[str, str] = {}

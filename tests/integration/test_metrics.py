@@ -208,3 +208,25 @@ async def test_a_batch_committed_with_its_answer_lost_shows_once_in_the_live_num
     finally:
         await conn.close()
     assert stored == 13
+
+
+async def test_an_unreadable_record_is_skipped_and_counted_and_holds_nothing_up(
+        infra: Infra, database_url: str, data_keys: str, topics_ready: None) -> None:
+    """Only resolution writes the lifecycle topic, but a record there that is not a canonical event (a bug, a
+    stray producer) must not stall its partition: handed back to Kafka it would come again forever."""
+    unit = f"U{uuid.uuid4().hex[:8]}"
+    code = f"P1-{unit}"
+    after = canonical(code, unit, 1, EventType.RECEIVED, DossierState.RECEIVED,
+                      due_soon_at=datetime.now(UTC) + timedelta(days=3), due_at=datetime.now(UTC) + timedelta(days=4))
+    # The same key: the unreadable record stands right before the event in its partition.
+    await publish(infra.bootstrap_servers, topics.LIFECYCLE,
+                  [(code, b'{"dossier_code": "' + code.encode() + b'"}'), (code, after.model_dump_json().encode())])
+    settings = settings_for(infra, database_url, data_keys, f"metrics-{uuid.uuid4().hex[:6]}")
+    async with in_process(build_app(settings), "metrics") as client:
+        async def counted() -> str | None:
+            text = (await client.get("/metrics")).text
+            return text if metric_total(text, "tthc_dossiers_received_total", unit=unit) == 1 else None
+
+        text = await eventually(counted, 90, what="the event after the unreadable record counted")
+        assert metric_total(text, "tthc_unreadable_records_total", topic=topics.LIFECYCLE) >= 1
+        assert metric_total(text, "tthc_dossiers_open", unit=unit) == 1

@@ -406,3 +406,20 @@ async def test_provider_callbacks_settle_deliveries_only_with_the_shared_secret(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=unconfigured), base_url=NOTIFY) as client:
         reply = await client.post(zalo, json=report, headers=good)
         assert reply.status_code == 403  # no secret configured: nobody may report
+
+
+async def test_an_unreadable_record_is_skipped_and_counted_and_holds_nothing_up(env: Env) -> None:
+    dossier = Dossier(env.data_keys, ["email"])
+    async with env.notify() as notify:
+        producer = AIOKafkaProducer(bootstrap_servers=env.infra.bootstrap_servers)
+        await producer.start()
+        try:  # the same key: the unreadable record stands right before the event in its partition
+            await producer.send_and_wait(topics.LIFECYCLE, b"not a lifecycle event", key=dossier.code.encode())
+        finally:
+            await producer.stop()
+        await publish(env.infra, dossier.event(EventType.RECEIVED))
+        await settled(notify, dossier.code, 1)
+        assert [mail["to"] for mail in env.providers.mails(dossier.code)] == ["hong.nhung@example.vn"]
+        unreadable = metric((await notify.get("/metrics")).text, "tthc_unreadable_records_total",
+                            topic=topics.LIFECYCLE)
+        assert unreadable == 1
