@@ -1,6 +1,6 @@
 -- A dossier's timeline, one row per accepted event, kept beside its snapshot instead of inside it: the snapshot
 -- is rewritten on every event, and with the timeline in it each write grew with the dossier's history
--- (about 200 bytes an event, one in two thirds of the snapshot's bytes by the third event).
+-- (about 175 bytes an event: a third of the snapshot's bytes by the third event).
 -- `sequence` is the entry's place in the dossier's fold: a late event refolds the history and rewrites them.
 CREATE TABLE timeline (
     dossier_code text        NOT NULL,
