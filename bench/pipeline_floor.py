@@ -103,10 +103,9 @@ async def resolution(run: str, pool: asyncpg.Pool, producer: AIOKafkaProducer | 
             "events", schema_name=where,
             columns=("source", "event_id", "dossier_code", "sequence", "occurred_at", "payload", "recorded_at"),
             records=[("floor", f"{r.partition}:{r.offset}", _code(r), 1, now, _text(r), now) for r in records])
-        await conn.execute(
-            f"INSERT INTO {where}.timeline SELECT c, o, 'received', $3, 'received', $3, NULL "
-            "FROM unnest($1::text[], $2::int[]) AS t(c, o) ON CONFLICT DO NOTHING",
-            [_code(r) for r in records], [r.offset for r in records], now)
+        await conn.copy_records_to_table(
+            "timeline", schema_name=where,
+            records=[(_code(r), r.offset, "received", now, "received", now, None) for r in records])
         await conn.copy_records_to_table("outbox", schema_name=where, columns=("topic", "key", "payload"),
                                          records=[(topic(run, LIFECYCLE), _code(r), r.value) for r in records])
     taken = BATCH

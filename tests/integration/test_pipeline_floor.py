@@ -52,6 +52,7 @@ async def test_every_record_goes_through_every_stage(infra: Infra, database_url:
     try:
         assert await conn.fetchval("SELECT count(*) FROM floor_intake.received_events") == len(records)
         assert await conn.fetchval("SELECT count(*) FROM floor_resolution.events") == len(records)
+        assert await conn.fetchval("SELECT count(*) FROM floor_resolution.timeline") == len(records)
         assert await conn.fetchval("SELECT count(*) FROM floor_resolution.outbox") == 0
         # Each dossier's snapshot is its last record: per-dossier order survives both hops.
         snapshots = await conn.fetch("SELECT code, snapshot FROM floor_resolution.dossiers")
