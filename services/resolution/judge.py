@@ -67,7 +67,6 @@ def judge(
     verdicts = Verdicts()
     for code in {event.dossier_code for event in events} - dossiers.keys():
         histories.setdefault(code, [])  # a dossier new in this batch: its whole history is in the batch
-    stored_up_to = {code: dossier.sequence for code, dossier in dossiers.items()}
     for event in events:
         current = verdicts.dossiers.get(event.dossier_code) or dossiers.get(event.dossier_code)
         try:
@@ -81,7 +80,6 @@ def judge(
                 refolded = fold(ordered, catalog, clock_for)
                 # The sequence keeps counting accepted events; the state is the refolded one.
                 updated = refolded.model_copy(update={"sequence": current.sequence + 1})
-                stored_up_to[event.dossier_code] = 0
                 verdicts.refolded.add(event.dossier_code)
             else:
                 updated = current.apply(event, catalog, clock_for)
@@ -105,5 +103,6 @@ def judge(
         verdicts.outbox.append((topics.LIFECYCLE, event.dossier_code, canonical.model_dump_json().encode()))
         verdicts.accepted += 1
     for code, dossier in verdicts.dossiers.items():
-        verdicts.timeline[code] = [entry for entry in dossier.timeline if entry.sequence > stored_up_to.get(code, 0)]
+        stored = 0 if code in verdicts.refolded or code not in dossiers else dossiers[code].sequence
+        verdicts.timeline[code] = [entry for entry in dossier.timeline if entry.sequence > stored]
     return verdicts
