@@ -33,9 +33,9 @@ async def test_the_relay_publishes_in_order_and_vacuums_the_outbox_after_enough_
     pool = await create_pool(database_url)
     producer = make_producer(infra.bootstrap_servers)
     await producer.start()
+    relay = OutboxRelay(pool, producer, CollectorRegistry(), batch=10, vacuum_every=25)
     try:
         await migrate(pool, SCHEMA, MIGRATIONS)
-        relay = OutboxRelay(pool, producer, CollectorRegistry(), batch=10, vacuum_every=25)
 
         async def put(first: int, count: int) -> None:
             await pool.executemany(f"INSERT INTO {SCHEMA}.outbox (topic, key, payload) VALUES ($1, 'd', $2)",
@@ -49,7 +49,6 @@ async def test_the_relay_publishes_in_order_and_vacuums_the_outbox_after_enough_
         assert await relay.publish_once() == 10
         assert await eventually(lambda: outbox_vacuums(pool), timeout=30, what="the outbox vacuumed") == 1
         assert await pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.outbox") == 0
-        await relay.stop()
 
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=infra.bootstrap_servers, auto_offset_reset="earliest")
         await consumer.start()
@@ -63,5 +62,6 @@ async def test_the_relay_publishes_in_order_and_vacuums_the_outbox_after_enough_
             await consumer.stop()
         assert seen == [str(n).encode() for n in range(30)]
     finally:
+        await relay.stop()  # its vacuum task too, before the pool it uses closes
         await producer.stop()
         await pool.close()
