@@ -10,15 +10,22 @@ from shared.db import Connection
 SCHEMA = "intake"
 
 
+# One primary-key lookup per key, whatever the planner believes of the table. Joined with the keys instead, the
+# statement gets a plan cached for the connection, and one made while the table was nearly empty (a fresh
+# deployment's first seconds) goes on reading the whole table as it grows, until an ANALYZE replans it
+# (tests/integration/test_dedupe_plans.py). OFFSET 0 keeps the lookup its own step, run once per key.
+ALREADY_ACCEPTED = (
+    "SELECT k.source, k.event_id, r.dossier_code FROM unnest($1::text[], $2::text[]) AS k(source, event_id) "
+    f"CROSS JOIN LATERAL (SELECT dossier_code FROM {SCHEMA}.received_events r "
+    "WHERE r.source = k.source AND r.event_id = k.event_id OFFSET 0) AS r"
+)
+
+
 async def already_accepted(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """The dossier code of each key that was accepted before."""
     if not keys:
         return {}
-    rows = await conn.fetch(
-        f"SELECT source, event_id, dossier_code FROM {SCHEMA}.received_events "
-        "WHERE (source, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-        [key[0] for key in keys], [key[1] for key in keys],
-    )
+    rows = await conn.fetch(ALREADY_ACCEPTED, [key[0] for key in keys], [key[1] for key in keys])
     return {(row["source"], row["event_id"]): row["dossier_code"] for row in rows}
 
 

@@ -19,12 +19,16 @@ EVENT_COLUMNS = ("source", "event_id", "dossier_code", "sequence", "occurred_at"
 OUTBOX_COLUMNS = ("topic", "key", "payload")
 
 
+# A primary-key lookup per key, as intake's (services/intake/store.py says why it is not a join).
+JUDGED_KEYS = (
+    "SELECT k.source, k.event_id FROM unnest($1::text[], $2::text[]) AS k(source, event_id) "
+    f"CROSS JOIN LATERAL (SELECT FROM {SCHEMA}.events e "
+    "WHERE e.source = k.source AND e.event_id = k.event_id OFFSET 0) AS e"
+)
+
+
 async def judged_keys(conn: Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    rows = await conn.fetch(
-        f"SELECT source, event_id FROM {SCHEMA}.events "
-        "WHERE (source, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-        [key[0] for key in keys], [key[1] for key in keys],
-    )
+    rows = await conn.fetch(JUDGED_KEYS, [key[0] for key in keys], [key[1] for key in keys])
     return {(row["source"], row["event_id"]) for row in rows}
 
 
