@@ -47,6 +47,7 @@ bench: setup
 	@$(VENV)/bin/python -m bench.resolution_throughput
 	@$(VENV)/bin/python -m bench.metrics_memory
 	@$(VENV)/bin/python -m bench.metrics_takeover
+	@$(VENV)/bin/python -m bench.notify_delivery
 	@$(VENV)/bin/python -m bench.pipeline_floor --dossiers 40000 --instances 2
 	@$(VENV)/bin/python -m bench.end_to_end --rate 1000 --seconds 60
 
