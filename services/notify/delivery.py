@@ -26,6 +26,7 @@ from services.notify.links import LinkSigner, Purpose
 from services.notify.messages import CHANNELS, WEBHOOK, render
 from services.notify.settings import NotifySettings
 from shared.crypto import Keyring, SealError
+from shared.db import Connection
 
 log = logging.getLogger(__name__)
 SCHEMA = "notify"
@@ -187,15 +188,16 @@ class Deliverer:
         room = guard.room(time.monotonic())
         if room <= 0:
             return 0
-        if guard.channel == WEBHOOK:
-            rows = await self.pool.fetch(CLAIM_FOR_UNITS, datetime.now(UTC), guard.channel, room)
+        # One connection for the round: its claim, then each message's outcome as soon as the provider has
+        # answered, without the pool's reset round trip after every message.
+        async with self.pool.acquire() as conn:
+            if guard.channel == WEBHOOK:
+                rows = await conn.fetch(CLAIM_FOR_UNITS, datetime.now(UTC), guard.channel, room)
+            else:
+                async with conn.transaction():
+                    rows = await conn.fetch(CLAIM_FOR_CITIZENS, datetime.now(UTC), guard.channel, room)
             for row in rows:
-                await self._send_one(row, guard)
-            return len(rows)
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(CLAIM_FOR_CITIZENS, datetime.now(UTC), guard.channel, room)
-        for row in rows:
-            await self._send_one(row, guard)
+                await self._send_one(row, guard, conn)
         return len(rows)
 
     def _message(self, row: asyncpg.Record) -> tuple[str, str, str]:
@@ -212,7 +214,7 @@ class Deliverer:
         subject, body = render(row["template"], row["channel"], context, ascii_sms=self.settings.sms_ascii)
         return applicant["email"] if row["channel"] == "email" else applicant["phone"], subject, body
 
-    async def _send_one(self, row: asyncpg.Record, guard: ProviderGuard) -> None:
+    async def _send_one(self, row: asyncpg.Record, guard: ProviderGuard, conn: Connection) -> None:
         key = (row["dossier_code"], row["event_id"], row["channel"])
         channel = row["channel"]
         try:
@@ -221,12 +223,12 @@ class Deliverer:
             else:
                 address, subject, body = self._message(row)
         except (SealError, KeyError, ValueError) as error:
-            await self._finish(key, "permanent-failure", f"{type(error).__name__}: cannot build the message")
+            await self._finish(conn, key, "permanent-failure", f"{type(error).__name__}: cannot build the message")
             self.outcomes.labels(channel, "permanent-failure").inc()
             return
         started = time.monotonic()
         if not guard.breaker.allowed(started):
-            await self._release(key)  # the circuit opened on an earlier message of this batch
+            await self._release(conn, key)  # the circuit opened on an earlier message of this batch
             return
         guard.bucket.take(started)
         guard.breaker.started(started)
@@ -240,7 +242,7 @@ class Deliverer:
                 provider_id = await self._gateway_send(channel, address, body, key, row["template"])
         except PermanentFailure as error:
             guard.breaker.succeeded()  # the provider answered: it is up
-            await self._finish(key, "permanent-failure", str(error))
+            await self._finish(conn, key, "permanent-failure", str(error))
             self.outcomes.labels(channel, "permanent-failure").inc()
             return
         except (OSError, smtplib.SMTPException, aiohttp.ClientError, TimeoutError, TemporaryFailure) as error:
@@ -251,12 +253,12 @@ class Deliverer:
             failed = row["attempts"] >= self.settings.max_attempts
             status = "permanent-failure" if failed else "temporary-failure"
             reason = str(error) if isinstance(error, TemporaryFailure) else type(error).__name__
-            await self._finish(key, status, reason, retry_in=backoff(
+            await self._finish(conn, key, status, reason, retry_in=backoff(
                 row["attempts"], self.settings.retry_base_seconds, self.settings.retry_max_seconds))
             self.outcomes.labels(channel, status).inc()
             return
         guard.breaker.succeeded()
-        await self._finish(key, "delivered", None, provider_id=provider_id)
+        await self._finish(conn, key, "delivered", None, provider_id=provider_id)
         self.outcomes.labels(channel, "delivered").inc()
 
     async def _gateway_send(self, channel: str, phone: str, text: str, key: tuple[str, str, str],
@@ -340,21 +342,23 @@ class Deliverer:
                 smtp.quit()
             smtp.close()
 
-    async def _release(self, key: tuple[str, str, str]) -> None:
+    async def _release(self, conn: Connection, key: tuple[str, str, str]) -> None:
         """Back in the queue as it was, the attempt not counted: the provider was never called."""
-        await self.pool.execute(
+        await conn.execute(
             f"UPDATE {SCHEMA}.deliveries SET attempts = attempts - 1, "
             "status = CASE WHEN attempts <= 1 THEN 'queued' ELSE 'temporary-failure' END "
             "WHERE dossier_code = $1 AND event_id = $2 AND channel = $3", *key)
 
-    async def _finish(self, key: tuple[str, str, str], status: str, error: str | None,
+    async def _finish(self, conn: Connection, key: tuple[str, str, str], status: str, error: str | None,
                       retry_in: timedelta = timedelta(0), provider_id: str | None = None) -> None:
         now = datetime.now(UTC)
         # The provider has answered and only this process knows it: a write lost to a database restart would
-        # leave the row `sending` until notify restarts, and then send it again. So wait the database out.
+        # leave the row `sending` until notify restarts, and then send it again. So wait the database out, on a
+        # connection from the pool once the round's own has failed.
+        target: Connection | asyncpg.Pool = conn
         while True:
             try:
-                await self.pool.execute(
+                await target.execute(
                     f"UPDATE {SCHEMA}.deliveries SET status = $4, last_error = $5, next_attempt_at = $6, "
                     "delivered_at = CASE WHEN $4 = 'delivered' THEN $7 ELSE delivered_at END, "
                     "provider_message_id = COALESCE($8, provider_message_id) "
@@ -364,4 +368,5 @@ class Deliverer:
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
                 log.warning("could not record the outcome of %s; retrying", ":".join(key), exc_info=True)
+                target = self.pool
                 await asyncio.sleep(1.0)
