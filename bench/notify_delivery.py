@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from bench.processes import ProcessWatch, postmaster_pid
 from bench.resolution_throughput import RESULTS
 from services.notify.app import MIGRATIONS, SCHEMA
-from services.notify.delivery import Deliverer
+from services.notify.delivery import Deliverer, queue_owed
 from services.notify.links import LinkSigner
 from services.notify.messages import owed
 from services.notify.settings import NotifySettings
@@ -84,11 +84,7 @@ async def queue(pool: asyncpg.Pool, contacts: list[tuple[Any, ...]], deliveries:
     now = datetime.now(UTC)
     async with pool.acquire() as conn, conn.transaction():
         await conn.executemany(f"INSERT INTO {SCHEMA}.contacts VALUES ($1, $2, $3)", contacts)
-        await conn.execute(
-            f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, next_attempt_at, "
-            "context, created_at, required) SELECT code, event_id, channel, template, 'queued', $7, context::jsonb, "
-            "$7, required FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[]) "
-            "AS t(code, event_id, channel, template, context, required)", *db.columns(deliveries), now)
+        await queue_owed(conn, deliveries, now)
 
 
 async def sinks_ready(smtp_port: int, http_port: int, process: subprocess.Popen[bytes]) -> None:

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from services.notify import due, pages, stats
-from services.notify.delivery import Deliverer
+from services.notify.delivery import Deliverer, queue_owed
 from services.notify.guard import BreakerState
 from services.notify.links import LinkSigner, Purpose
 from services.notify.messages import CHANNELS, WEBHOOK, owed
@@ -166,14 +166,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
                 await conn.execute(f"INSERT INTO {SCHEMA}.surveys (dossier_code, unit_code, invited_at) "
                                    "SELECT *, $3 FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
                                    *columns(surveys), now)
-            if deliveries:
-                await conn.execute(
-                    f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, "
-                    "next_attempt_at, context, created_at, required) "
-                    "SELECT code, event_id, channel, template, 'queued', $7, context::jsonb, $7, required "
-                    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[]) "
-                    "AS t(code, event_id, channel, template, context, required) ON CONFLICT DO NOTHING",
-                    *columns(deliveries), now)
+            await queue_owed(conn, deliveries, now)
         state["deliverer"].wake.set()
 
     @app.get("/v1/notifications", summary="Delivery status of a dossier's notifications")

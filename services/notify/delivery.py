@@ -26,7 +26,7 @@ from services.notify.links import LinkSigner, Purpose
 from services.notify.messages import CHANNELS, WEBHOOK, render
 from services.notify.settings import NotifySettings
 from shared.crypto import Keyring, SealError
-from shared.db import Connection
+from shared.db import Connection, columns
 
 log = logging.getLogger(__name__)
 SCHEMA = "notify"
@@ -65,6 +65,19 @@ SET_ASIDE_OPTED_OUT = (
     "AND d.status IN ('queued', 'temporary-failure') RETURNING d.channel"
 )
 """Optional messages waiting for citizens who opted out, recorded as such (the rounds already skip them)."""
+
+
+async def queue_owed(conn: Connection, owed: list[tuple[str, str, str, str, str, bool]], now: datetime) -> None:
+    """Queue owed messages, (dossier, event id, channel, template, context JSON, required) each, due now. One
+    statement for them all, so the counting triggers run once; a message already queued stays as it is."""
+    if owed:
+        await conn.execute(
+            f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, "
+            "next_attempt_at, context, created_at, required) "
+            "SELECT code, event_id, channel, template, 'queued', $7, context::jsonb, $7, required "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[]) "
+            "AS t(code, event_id, channel, template, context, required) ON CONFLICT DO NOTHING",
+            *columns(owed), now)
 
 
 def mail(sender: str, to: str, subject: str, body: str, message_id: str) -> MIMEText:
