@@ -8,7 +8,12 @@ intake seals it, then runs notify's own delivery rounds (`Deliverer.deliver_due`
 messages per second and CPU per message of this process (all of notify's sending: claiming, opening the
 contact, rendering, SMTP and HTTP, recording each outcome), of PostgreSQL and of the sinks.
 
+The sinks answer at once unless `--answer-delay` holds each answer, as a provider across the internet
+takes 20-100 ms; `--senders` sets how many messages a channel has in flight at once (notify's
+`NOTIFY_SENDERS_PER_CHANNEL`).
+
     .venv/bin/python -m bench.notify_delivery --dossiers 3000
+    .venv/bin/python -m bench.notify_delivery --dossiers 1000 --answer-delay 0.05 --senders 1
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from prometheus_client import CollectorRegistry
 from bench.processes import ProcessWatch, postmaster_pid
 from bench.resolution_throughput import RESULTS
 from services.notify.app import MIGRATIONS, SCHEMA
-from services.notify.delivery import Deliverer, queue_owed
+from services.notify.delivery import Deliverer, connections_needed, queue_owed
 from services.notify.links import LinkSigner
 from services.notify.messages import owed
 from services.notify.settings import NotifySettings
@@ -48,6 +53,7 @@ from shared.infra.postgres import LocalPostgres
 
 PROCEDURE = "Đăng ký khai sinh"
 UNLIMITED = 1_000_000.0
+SENDERS: int = NotifySettings.model_fields["senders_per_channel"].default
 
 
 def lifecycle_event(code: str, kind: EventType, sequence: int, received: datetime) -> DossierLifecycleEvent:
@@ -105,23 +111,25 @@ async def sinks_ready(smtp_port: int, http_port: int, process: subprocess.Popen[
             await asyncio.sleep(0.2)
 
 
-async def measure(database_url: str, dossiers: int, home: Path, postgres_pid: int | None = None) -> dict[str, Any]:
+async def measure(database_url: str, dossiers: int, home: Path, postgres_pid: int | None = None, *,
+                  senders: int = SENDERS, answer_delay: float = 0.0) -> dict[str, Any]:
     """`postgres_pid`: the server's postmaster, when it runs here, so that its CPU is counted."""
     smtp_port, http_port = free_ports(2)
     sinks = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is timed
         [sys.executable, "-m", "shared.infra.sinks", "--dir", str(home / "outbox"), "--smtp-port", str(smtp_port),
-         "--http-port", str(http_port)], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pool = await db.create_pool(database_url, application_name="notify")
+         "--http-port", str(http_port), "--answer-delay", str(answer_delay)],
+        cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    settings = NotifySettings(
+        database_url=database_url, smtp_port=smtp_port, sms_url=f"http://127.0.0.1:{http_port}/sms",
+        zalo_url=f"http://127.0.0.1:{http_port}/zalo", senders_per_channel=senders,
+        rate_per_second=dict.fromkeys(("email", "sms", "zalo", "webhook"), UNLIMITED),
+        rate_burst=dict.fromkeys(("email", "sms", "zalo", "webhook"), 50))
+    pool = await db.create_pool(database_url, max_size=connections_needed(settings), application_name="notify")
     deliverer: Deliverer | None = None
     try:
         await sinks_ready(smtp_port, http_port, sinks)
         await db.migrate(pool, SCHEMA, MIGRATIONS)
         keyring = Keyring.parse(new_key_spec("bench"))
-        settings = NotifySettings(
-            database_url=database_url, smtp_port=smtp_port, sms_url=f"http://127.0.0.1:{http_port}/sms",
-            zalo_url=f"http://127.0.0.1:{http_port}/zalo",
-            rate_per_second=dict.fromkeys(("email", "sms", "zalo", "webhook"), UNLIMITED),
-            rate_burst=dict.fromkeys(("email", "sms", "zalo", "webhook"), 50))
         contacts, deliveries = owed_rows(dossiers, keyring, settings.lookup_base_url)
         await queue(pool, contacts, deliveries)
         deliverer = Deliverer(pool, settings, keyring, LinkSigner(keyring), CollectorRegistry())
@@ -146,6 +154,7 @@ async def measure(database_url: str, dossiers: int, home: Path, postgres_pid: in
     sent = statuses.get("delivered", 0)
     used = watch.cpu_seconds()
     return {
+        "senders_per_channel": senders, "answer_delay_s": answer_delay,
         "messages": len(deliveries), "delivered": sent, "statuses": statuses,
         "by_channel": {channel: sum(1 for row in deliveries if row[2] == channel) for channel in ("email", "sms")},
         "seconds": round(wall, 2), "messages_per_s": round(sent / wall, 1) if wall else 0.0,
@@ -155,7 +164,7 @@ async def measure(database_url: str, dossiers: int, home: Path, postgres_pid: in
     }
 
 
-async def main(dossiers: int) -> dict[str, Any]:
+async def main(dossiers: int, senders: int, answer_delay: float) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="tthc-notify-bench-"))
     postgres = None
     database_url = os.environ.get("DATABASE_URL", "")
@@ -164,7 +173,8 @@ async def main(dossiers: int) -> dict[str, Any]:
             postgres = LocalPostgres(home / "pg" / "data", free_ports(1)[0])
             database_url = await asyncio.to_thread(postgres.start)
         result = await measure(database_url, dossiers, home,
-                               postmaster_pid(postgres.data_dir) if postgres is not None else None)
+                               postmaster_pid(postgres.data_dir) if postgres is not None else None,
+                               senders=senders, answer_delay=answer_delay)
     finally:
         if postgres is not None:
             postgres.stop()
@@ -177,13 +187,16 @@ async def main(dossiers: int) -> dict[str, Any]:
 def run() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--dossiers", type=int, default=3000, help="dossiers whose receipt and result are owed")
+    parser.add_argument("--senders", type=int, default=SENDERS, help="messages in flight at once per channel")
+    parser.add_argument("--answer-delay", type=float, default=0.0, help="seconds each provider takes to answer")
     args = parser.parse_args()
-    result = asyncio.run(main(args.dossiers))
+    result = asyncio.run(main(args.dossiers, args.senders, args.answer_delay))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"notify-delivery-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print(f"{result['delivered']:,} of {result['messages']:,} messages delivered in {result['seconds']} s: "
-          f"{result['messages_per_s']:,} a second")
+          f"{result['messages_per_s']:,} a second ({args.senders} senders a channel, providers answering in "
+          f"{args.answer_delay} s)")
     for name, value in result["cpu_ms_per_message"].items():
         print(f"  {name}: {value} ms of CPU a message")
     print(f"written to {path.relative_to(PROJECT_ROOT)}")

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from services.notify import due, pages, stats
-from services.notify.delivery import Deliverer, queue_owed
+from services.notify.delivery import Deliverer, connections_needed, queue_owed
 from services.notify.guard import BreakerState
 from services.notify.links import LinkSigner, Purpose
 from services.notify.messages import CHANNELS, WEBHOOK, owed
@@ -65,7 +65,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
         return {channel: guard.breaker.state(now) for channel, guard in deliverer.guards.items()}
 
     registry.register(stats.NotifyCollector(lambda: state["snapshot"], breakers))
-    database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS)
+    database = ServiceDatabase(settings.database_url, SCHEMA, MIGRATIONS, max_size=connections_needed(settings))
 
     async def on_start() -> None:
         # Sends interrupted by a crash are retried (same Message-ID).

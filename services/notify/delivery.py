@@ -9,7 +9,10 @@ import json
 import logging
 import re
 import smtplib
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.header import Header
 from email.mime.text import MIMEText
@@ -95,6 +98,12 @@ def mail(sender: str, to: str, subject: str, body: str, message_id: str) -> MIME
     return message
 
 
+def connections_needed(settings: NotifySettings) -> int:
+    """Every sender of every channel may hold a database connection while its provider answers; a few more
+    for taking lifecycle events in and for reads."""
+    return 4 + (len(CHANNELS) + 1) * settings.senders_per_channel
+
+
 class PermanentFailure(Exception):
     """A provider refused the message for good (bad number, unknown template): retrying will not help."""
 
@@ -132,7 +141,8 @@ class Deliverer:
     """Sends owed messages. A row is marked `sending` (committed) before the send, so a crash mid-send is
     retried with the same Message-ID (or gateway idempotency key): providers drop the copy, nothing is lost.
 
-    Each provider is worked on by its own task, so one slow or failing provider does not hold up the others."""
+    Each provider is worked on by its own task, so one slow or failing provider does not hold up the others,
+    by `senders_per_channel` senders at once, so that a provider's answer time does not cap its channel."""
 
     def __init__(self, pool: asyncpg.Pool, settings: NotifySettings, keyring: Keyring, signer: LinkSigner,
                  registry: CollectorRegistry) -> None:
@@ -144,8 +154,11 @@ class Deliverer:
         self.task: asyncio.Task[None] | None = None
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.gateway_timeout_seconds))
         self.guards = {channel: ProviderGuard(channel, settings) for channel in (*CHANNELS, WEBHOOK)}
-        self._smtp: smtplib.SMTP | None = None
-        self._smtp_used = 0.0
+        # SMTP sessions not sending now, each with when it last sent; smtplib blocks, so emails are sent from
+        # threads of their own, one per sender.
+        self._smtp_idle: list[tuple[smtplib.SMTP, float]] = []
+        self._smtp_lock = threading.Lock()
+        self._smtp_threads = ThreadPoolExecutor(settings.senders_per_channel, thread_name_prefix="smtp")
         self._suppressed_at = float("-inf")
         self.outcomes = Counter("tthc_notifications_total", "Notification attempts by channel and outcome",
                                 ["channel", "outcome"], registry=registry)
@@ -159,7 +172,8 @@ class Deliverer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         await self.http.close()
-        await asyncio.to_thread(self._close_smtp)
+        await asyncio.get_running_loop().run_in_executor(self._smtp_threads, self._close_smtp)
+        self._smtp_threads.shutdown()
 
     async def _run(self) -> None:
         while True:
@@ -201,17 +215,37 @@ class Deliverer:
         room = guard.room(time.monotonic())
         if room <= 0:
             return 0
-        # One connection for the round: its claim, then each message's outcome as soon as the provider has
-        # answered, without the pool's reset round trip after every message.
+        # The round's connection makes the claim, then serves its first sender, which records each message's
+        # outcome on it as soon as the provider has answered (no pool reset round trip per message).
         async with self.pool.acquire() as conn:
             if guard.channel == WEBHOOK:
                 rows = await conn.fetch(CLAIM_FOR_UNITS, datetime.now(UTC), guard.channel, room)
             else:
                 async with conn.transaction():
                     rows = await conn.fetch(CLAIM_FOR_CITIZENS, datetime.now(UTC), guard.channel, room)
-            for row in rows:
-                await self._send_one(row, guard, conn)
+            waiting = deque(rows)
+            senders = min(self.settings.senders_per_channel, len(rows))
+            # Every sender finishes (its outcomes recorded) before the round ends or fails, so none is left
+            # using the round's connection after it goes back to the pool.
+            ended = await asyncio.gather(self._send_in_turn(waiting, guard, conn),
+                                         *(self._send_in_turn_pooled(waiting, guard) for _ in range(senders - 1)),
+                                         return_exceptions=True)
+        for outcome in ended:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return len(rows)
+
+    async def _send_in_turn(self, waiting: deque[asyncpg.Record], guard: ProviderGuard, conn: Connection) -> None:
+        """One sender: the oldest message still waiting, one at a time, each outcome recorded before the next
+        send."""
+        while waiting:
+            await self._send_one(waiting.popleft(), guard, conn)
+
+    async def _send_in_turn_pooled(self, waiting: deque[asyncpg.Record], guard: ProviderGuard) -> None:
+        """A sender with a connection of its own, taken only if messages still wait."""
+        if waiting:
+            async with self.pool.acquire() as conn:
+                await self._send_in_turn(waiting, guard, conn)
 
     def _message(self, row: asyncpg.Record) -> tuple[str, str, str]:
         """(address, subject, body), opened and rendered only now: contacts stay sealed at rest, and the links
@@ -248,7 +282,8 @@ class Deliverer:
         provider_id: str | None
         try:
             if channel == "email":
-                provider_id = await asyncio.to_thread(self._smtp_send, address, subject, body, key)
+                provider_id = await asyncio.get_running_loop().run_in_executor(
+                    self._smtp_threads, self._smtp_send, address, subject, body, key)
             elif channel == WEBHOOK:
                 provider_id = await self._webhook_send(address, body)
             else:
@@ -324,36 +359,41 @@ class Deliverer:
         # characters a Message-ID may hold (a colon is not one: parsers cut the id there).
         message_id = f"<{re.sub(r'[^A-Za-z0-9._/-]', '+', '/'.join(key))}@tthc.gov.vn>"
         message = mail(self.settings.mail_from, to, subject, body, message_id)
-        smtp = self._smtp_connection()
+        smtp = self._smtp_session()
         try:
             smtp.send_message(message)
         except BaseException:
-            self._close_smtp()  # whatever state the session is in, the next message starts a fresh one
+            _quit(smtp)  # whatever state the session is in, the next message starts a fresh one
             raise
-        self._smtp_used = time.monotonic()
+        with self._smtp_lock:
+            self._smtp_idle.append((smtp, time.monotonic()))
         return message_id
 
-    def _smtp_connection(self) -> smtplib.SMTP:
-        """One SMTP session kept open across messages (emails go one at a time), checked with NOOP when it
-        has been idle long enough for the server to have dropped it."""
-        if self._smtp is not None and time.monotonic() - self._smtp_used > SMTP_IDLE_CHECK_SECONDS:
+    def _smtp_session(self) -> smtplib.SMTP:
+        """An SMTP session kept open across messages, checked with NOOP when it has been idle long enough for
+        the server to have dropped it; a new one when none is idle."""
+        while True:
+            with self._smtp_lock:
+                if not self._smtp_idle:
+                    break
+                smtp, used = self._smtp_idle.pop()
+            if time.monotonic() - used <= SMTP_IDLE_CHECK_SECONDS:
+                return smtp
             try:
-                code, _ = self._smtp.noop()
+                code, _ = smtp.noop()
             except (smtplib.SMTPException, OSError):
                 code = 0
-            if code != 250:
-                self._close_smtp()
-        if self._smtp is None:
-            self._smtp = smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port,
-                                      timeout=self.settings.gateway_timeout_seconds)
-        return self._smtp
+            if code == 250:
+                return smtp
+            _quit(smtp)
+        return smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port,
+                            timeout=self.settings.gateway_timeout_seconds)
 
     def _close_smtp(self) -> None:
-        smtp, self._smtp = self._smtp, None
-        if smtp is not None:
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                smtp.quit()
-            smtp.close()
+        with self._smtp_lock:
+            idle, self._smtp_idle = self._smtp_idle, []
+        for smtp, _ in idle:
+            _quit(smtp)
 
     async def _release(self, conn: Connection, key: tuple[str, str, str]) -> None:
         """Back in the queue as it was, the attempt not counted: the provider was never called."""
@@ -383,3 +423,9 @@ class Deliverer:
                 log.warning("could not record the outcome of %s; retrying", ":".join(key), exc_info=True)
                 target = self.pool
                 await asyncio.sleep(1.0)
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        smtp.quit()
+    smtp.close()

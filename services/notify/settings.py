@@ -25,6 +25,10 @@ class NotifySettings(CommonSettings):
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
     gateway_timeout_seconds: float = 10.0
+    # Messages in flight at once per provider. One at a time, a provider answering in 50 ms holds a channel to
+    # 20 a second, under its contract's rate; each sender records an outcome before its next send, so a kill
+    # leaves the provider at most this many copies per channel to drop (by Message-ID or idempotency key).
+    senders_per_channel: int = Field(default=4, ge=1, le=32)
     # Sends per second and burst per provider (their contracts cap them), e.g. NOTIFY_RATE_PER_SECOND='{"sms": 5}'.
     rate_per_second: dict[str, float] = Field(
         default_factory=lambda: {"email": 20.0, "sms": 10.0, "zalo": 10.0, "webhook": 10.0})

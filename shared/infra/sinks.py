@@ -8,6 +8,7 @@ Tests make the gateways misbehave the way real ones do: `POST /api/faults` with
 `{"channel": "sms", "status": 503, "times": 3}` answers the next three SMS requests with 503 (429 for rate
 limiting), `"delay": 5` holds each answer that long (a timeout for the caller); `DELETE /api/faults` ends
 them. `GET /api/attempts` lists when every request arrived (Unix seconds) by channel, failed ones included.
+`--answer-delay` holds every answer, mail included, that long: providers as far away as real ones.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from pydantic import BaseModel, Field
 
 
 class MailDirHandler:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, answer_delay: float = 0.0) -> None:
         self.folder = folder
+        self.answer_delay = answer_delay
         folder.mkdir(parents=True, exist_ok=True)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        await asyncio.sleep(self.answer_delay)
         content = envelope.original_content or b""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         (self.folder / f"{stamp}.eml").write_bytes(content)
@@ -82,7 +85,7 @@ class _Fault:
     left: int
 
 
-def gateway_app(folder: Path) -> FastAPI:
+def gateway_app(folder: Path, answer_delay: float = 0.0) -> FastAPI:
     app = FastAPI(title="Message sinks")
     gateway_log = folder / "gateway.jsonl"
     webhook_log = folder / "webhook.jsonl"
@@ -91,6 +94,7 @@ def gateway_app(folder: Path) -> FastAPI:
 
     async def misbehave(channel: str) -> JSONResponse | None:
         attempts[channel].append(time.time())
+        await asyncio.sleep(answer_delay)
         fault = faults.get(channel)
         if fault is not None:
             fault.left -= 1
@@ -169,10 +173,10 @@ def gateway_app(folder: Path) -> FastAPI:
     return app
 
 
-async def run(folder: Path, smtp_port: int, http_port: int) -> None:
-    controller = Controller(MailDirHandler(folder / "mail"), hostname="127.0.0.1", port=smtp_port)
+async def run(folder: Path, smtp_port: int, http_port: int, answer_delay: float = 0.0) -> None:
+    controller = Controller(MailDirHandler(folder / "mail", answer_delay), hostname="127.0.0.1", port=smtp_port)
     controller.start()
-    server = uvicorn.Server(uvicorn.Config(gateway_app(folder), host="127.0.0.1", port=http_port,
+    server = uvicorn.Server(uvicorn.Config(gateway_app(folder, answer_delay), host="127.0.0.1", port=http_port,
                                            log_level="warning"))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -188,8 +192,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--smtp-port", type=int, default=1025)
     parser.add_argument("--http-port", type=int, default=8025)
+    parser.add_argument("--answer-delay", type=float, default=0.0, help="seconds every answer is held")
     args = parser.parse_args()
-    asyncio.run(run(args.dir, args.smtp_port, args.http_port))
+    asyncio.run(run(args.dir, args.smtp_port, args.http_port, args.answer_delay))
 
 
 if __name__ == "__main__":

@@ -316,7 +316,10 @@ async def test_a_failing_gateway_opens_the_circuit_and_the_queue_waits_until_it_
     cool_down = 1.0
     await env.providers.http.post("/api/faults", json={"channel": "sms", "status": 503, "times": 10_000})
     dossiers = [Dossier(env.data_keys, ["sms"]) for _ in range(3)]
-    async with env.notify(breaker_threshold=2, breaker_cool_down_seconds=cool_down, max_attempts=1000) as notify:
+    # One sender, so that the tries are counted exactly: with several, those already in flight when the circuit
+    # opens still reach the gateway.
+    async with env.notify(breaker_threshold=2, breaker_cool_down_seconds=cool_down, max_attempts=1000,
+                          senders_per_channel=1) as notify:
         await publish(env.infra, *(d.event(EventType.RECEIVED) for d in dossiers))
 
         async def circuit_open() -> bool:
@@ -346,6 +349,23 @@ async def test_a_failing_gateway_opens_the_circuit_and_the_queue_waits_until_it_
         scraped = (await notify.get("/metrics")).text
         assert metric(scraped, "tthc_notify_provider_circuit_open", channel="sms") == 0
         assert (metric(scraped, "tthc_notifications_total", channel="sms", outcome="temporary-failure") or 0) >= 2
+
+
+async def test_a_slow_provider_gets_as_many_messages_at_once_as_there_are_senders_and_no_more(env: Env) -> None:
+    hold = 1.0
+    await env.providers.http.post("/api/faults", json={"channel": "sms", "delay": hold, "times": 4})
+    dossiers = [Dossier(env.data_keys, ["sms"]) for _ in range(4)]
+    # Published before notify starts, so that it queues all four in one batch and one round claims them.
+    await publish(env.infra, *(d.event(EventType.RECEIVED) for d in dossiers))
+    async with env.notify(senders_per_channel=2) as notify:
+        for d in dossiers:
+            await settled(notify, d.code, 1)
+            assert len(env.providers.texts(d.code)) == 1
+    arrived = sorted(await env.providers.attempts("sms"))
+    assert len(arrived) == 4
+    # Two reach the gateway before it has answered either; the third only once one of them has its answer.
+    assert arrived[1] - arrived[0] < hold
+    assert arrived[2] - arrived[0] >= hold
 
 
 async def test_timeouts_and_429s_are_retried_within_each_providers_rate_limit(env: Env) -> None:
