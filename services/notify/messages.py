@@ -16,8 +16,10 @@ from shared.text import without_diacritics
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Plain-text email and SMS bodies: HTML escaping would corrupt them, and nothing here is rendered as HTML.
+# Templates ship with the code, so they are not checked for changes on disk at every message (a stat each,
+# nearly half of a render's 35 µs).
 _env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, autoescape=False,  # noqa: S701
-                   keep_trailing_newline=True)
+                   keep_trailing_newline=True, auto_reload=False)
 
 TEMPLATE_FOR: dict[EventType, str] = {
     EventType.RECEIVED: "received",

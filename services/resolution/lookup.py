@@ -22,7 +22,7 @@ from shared.crypto import Keyring, SealError
 from shared.dossier import Dossier
 
 _env = Environment(loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
-                   autoescape=select_autoescape(["html", "j2"]))
+                   autoescape=select_autoescape(["html", "j2"]), auto_reload=False)
 
 STATE_VI: dict[DossierState, str] = {
     DossierState.RECEIVED: "Đã tiếp nhận",
