@@ -52,7 +52,8 @@ bench: setup
 	@$(VENV)/bin/python -m bench.end_to_end --rate 1000 --seconds 60
 
 # Fault injection for longer: every service SIGKILLed in turn, the broker and PostgreSQL restarted, round after
-# round under load for TTHC_SOAK_SECONDS (default 600), then the same reconciliation as the suite's chaos test.
+# round under load for TTHC_SOAK_SECONDS (default 600), then the same reconciliation as the suite's chaos test;
+# then as long with each broker of a three-node cluster SIGKILLed in turn.
 soak: setup
 	@TTHC_SOAK_SECONDS=$${TTHC_SOAK_SECONDS:-600} $(VENV)/bin/pytest tests/e2e/test_chaos.py -s
 

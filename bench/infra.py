@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.processes import postmaster_pid
-from shared.infra.kafka import LocalKafka
+from shared.infra.kafka import LocalKafka, LocalKafkaCluster
 from shared.infra.ports import free_ports
 from shared.infra.postgres import LocalPostgres
 
@@ -23,17 +23,25 @@ class Infrastructure:
     database_url: str
     started: dict[int, str]
     """pid -> "kafka" or "postgres" of those started here, whose CPU a benchmark can count."""
+    replication: int = 1
+    """Copies a topic should keep: three on a cluster of three or more."""
 
 
 @asynccontextmanager
-async def infrastructure(prefix: str, *, from_environment: bool = True) -> AsyncIterator[Infrastructure]:
+async def infrastructure(prefix: str, *, from_environment: bool = True,
+                         brokers: int = 1) -> AsyncIterator[Infrastructure]:
     """The environment's broker and database (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL) where set and allowed,
-    otherwise ones of its own in a temporary directory, stopped and deleted afterwards (a gigabyte a run)."""
+    otherwise ones of its own in a temporary directory, stopped and deleted afterwards (a gigabyte a run):
+    one broker, or a cluster of `brokers` on this machine."""
     home = Path(tempfile.mkdtemp(prefix=prefix))
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "") if from_environment else ""
     database_url = os.environ.get("DATABASE_URL", "") if from_environment else ""
-    kafka_port, controller_port, postgres_port = free_ports(3)
-    kafka = None if bootstrap else LocalKafka(home / "kafka", kafka_port, controller_port)
+    ports = free_ports(1 + 2 * brokers)
+    postgres_port = ports[0]
+    kafka: LocalKafka | LocalKafkaCluster | None = None
+    if not bootstrap:
+        kafka = (LocalKafka(home / "kafka", ports[1], ports[2]) if brokers == 1
+                 else LocalKafkaCluster(home / "kafka", ports[1:]))
     postgres = None if database_url else LocalPostgres(home / "pg" / "data", postgres_port)
     try:
         if kafka is not None:
@@ -43,13 +51,15 @@ async def infrastructure(prefix: str, *, from_environment: bool = True) -> Async
         if kafka is not None:
             await kafka.wait_ready()
             bootstrap = kafka.bootstrap_servers
-        started = {kafka.pid: "kafka"} if kafka is not None and kafka.pid is not None else {}
+        started = dict.fromkeys(kafka.pids if kafka is not None else [], "kafka")
         if postgres is not None and (pid := postmaster_pid(postgres.data_dir)) is not None:
             started[pid] = "postgres"
-        yield Infrastructure(bootstrap, database_url, started)
+        replication = kafka.replicas if kafka is not None else 1
+        yield Infrastructure(bootstrap, database_url, started, replication)
     finally:
         if kafka is not None:
             kafka.stop()
         if postgres is not None:
             postgres.stop()
         shutil.rmtree(home, ignore_errors=True)
+

@@ -129,12 +129,12 @@ async def judged(database_url: str) -> tuple[int, datetime | None, datetime | No
         await conn.close()
 
 
-async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]:
+async def main(dossiers: int, partitions: int, instances: int, brokers: int = 1) -> dict[str, Any]:
     resolutions: list[asyncio.subprocess.Process] = []
-    async with infrastructure("tthc-bench-") as infra:
+    async with infrastructure("tthc-bench-", brokers=brokers) as infra:
         try:
             bootstrap, database_url = infra.bootstrap_servers, infra.database_url
-            await ensure_topics(bootstrap, partitions)
+            await ensure_topics(bootstrap, partitions, infra.replication)
             keys = new_key_spec("bench")
             records = lifecycles(dossiers, Keyring.parse(keys))
             produce_rate = await produce(bootstrap, topics.ACCEPTED, records)
@@ -142,7 +142,8 @@ async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]
             insert_rate = await raw_inserts(database_url, records)
 
             env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
-                   "TTHC_DATA_KEYS": keys, "TTHC_LOG_LEVEL": "WARNING"}
+                   "TTHC_DATA_KEYS": keys, "TTHC_LOG_LEVEL": "WARNING",
+                   "TTHC_TOPIC_REPLICATION": str(infra.replication)}
             profiler = os.environ.get("BENCH_PROFILE")  # e.g. "py-spy record -o out.svg --" to see where time goes
             resolutions = [
                 await asyncio.create_subprocess_exec(
@@ -167,6 +168,7 @@ async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                             "python": platform.python_version()},
                 "dossiers": dossiers, "events": len(records), "partitions": partitions, "instances": instances,
+                "brokers": brokers, "replication": infra.replication,
                 "spread": SPREAD,
                 # Overrides of resolution's settings this run was made with (A/B experiments), if any.
                 "settings": {name: value for name, value in os.environ.items() if name.startswith("RESOLUTION_")},
@@ -187,8 +189,10 @@ if __name__ == "__main__":
     parser.add_argument("--dossiers", type=int, default=20000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--instances", type=int, default=1, help="resolution processes in one consumer group")
+    parser.add_argument("--brokers", type=int, default=1,
+                        help="a cluster of this many brokers on this machine, topics with min(3, brokers) copies")
     args = parser.parse_args()
-    result = asyncio.run(main(args.dossiers, args.partitions, args.instances))
+    result = asyncio.run(main(args.dossiers, args.partitions, args.instances, args.brokers))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"resolution-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

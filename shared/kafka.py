@@ -56,10 +56,16 @@ def broker_security(settings: CommonSettings | None) -> BaseSecurity | None:
                                             ssl_context=options.get("ssl_context"))
 
 
+def servers(bootstrap_servers: str) -> list[str]:
+    """`host:port,host:port` as a list. aiokafka splits such a string itself, but FastStream hands a string
+    over as a list of one, which aiokafka then reads as a single host named with every comma."""
+    return [server.strip() for server in bootstrap_servers.split(",") if server.strip()]
+
+
 def make_broker(bootstrap_servers: str, *, registry: CollectorRegistry, app_name: str,
                 settings: CommonSettings | None = None) -> KafkaBroker:
     return KafkaBroker(
-        bootstrap_servers,
+        servers(bootstrap_servers),
         enable_idempotence=True,
         graceful_timeout=15.0,
         middlewares=(KafkaPrometheusMiddleware(registry=registry, app_name=app_name),),

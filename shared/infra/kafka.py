@@ -1,4 +1,5 @@
-"""A single-node Apache Kafka broker (KRaft, combined mode) run from Maven Central jars.
+"""Apache Kafka (KRaft, combined mode) run from Maven Central jars: a single node, or a cluster of several on
+one machine, each a broker and a voter of the controller quorum.
 
 Development machines and CI have Java and Maven but no Docker engine, so the project fetches the broker's
 class path itself and runs `kafka.Kafka` directly. The jars land in a git-ignored cache keyed by the pom's
@@ -67,12 +68,18 @@ def _cluster_id() -> str:
 
 @dataclass
 class LocalKafka:
-    """One broker+controller on loopback whose data and log live under `state_dir`."""
+    """One broker+controller on loopback whose data and log live under `state_dir`; alone by default, or node
+    `node_id` of a cluster whose controller quorum is `voters` (`id@host:port,...`, as LocalKafkaCluster
+    sets it), where internal topics keep `replicas` copies."""
 
     state_dir: Path
     port: int = 9092
     controller_port: int = 9093
     heap: str = "768m"
+    node_id: int = 1
+    voters: str = ""
+    cluster_id: str = ""
+    replicas: int = 1
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -85,10 +92,14 @@ class LocalKafka:
 
     def _server_properties(self) -> str:
         data = self.state_dir / "data"
+        quorum = (f"controller.quorum.voters={self.voters}" if self.voters
+                  else f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}")
+        # A write is acknowledged once two copies have it when there are three: one broker may die unnoticed.
+        in_sync = min(2, self.replicas)
         return "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+            f"node.id={self.node_id}",
+            quorum,
             f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "controller.listener.names=CONTROLLER",
@@ -99,13 +110,15 @@ class LocalKafka:
             "num.network.threads=2",
             "num.io.threads=4",
             "num.recovery.threads.per.data.dir=1",
-            "offsets.topic.replication.factor=1",
+            f"default.replication.factor={self.replicas}",
+            f"min.insync.replicas={in_sync}",
+            f"offsets.topic.replication.factor={self.replicas}",
             "offsets.topic.num.partitions=6",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
+            f"transaction.state.log.replication.factor={self.replicas}",
+            f"transaction.state.log.min.isr={in_sync}",
             "transaction.state.log.num.partitions=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"share.coordinator.state.topic.replication.factor={self.replicas}",
+            f"share.coordinator.state.topic.min.isr={in_sync}",
             "group.initial.rebalance.delay.ms=0",
             # Topics are created explicitly with their partition counts; a typo must not create one.
             "auto.create.topics.enable=false",
@@ -130,9 +143,11 @@ class LocalKafka:
         config = self.state_dir / "server.properties"
         config.write_text(self._server_properties())
         if not (self.state_dir / "data" / "meta.properties").exists():
+            # A cluster's nodes share its id and name their voters in the configuration (a static quorum).
+            alone = [] if self.voters else ["--standalone"]
             subprocess.run(
-                [*self._java(libs), "kafka.tools.StorageTool", "format", "--standalone",
-                 "-t", _cluster_id(), "-c", str(config), *self._format_options()],
+                [*self._java(libs), "kafka.tools.StorageTool", "format", *alone,
+                 "-t", self.cluster_id or _cluster_id(), "-c", str(config), *self._format_options()],
                 check=True, stdout=subprocess.DEVNULL,
             )
         with self.log_file.open("ab") as log:
@@ -173,11 +188,63 @@ class LocalKafka:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def pids(self) -> list[int]:
+        """As a cluster's: the broker's process, once started."""
+        return [self._process.pid] if self._process else []
+
     def stop(self, timeout: float = 30.0) -> None:
         stop_group(self._process, timeout)
 
     def kill(self) -> None:
         kill_group(self._process)
+
+
+@dataclass
+class LocalKafkaCluster:
+    """`size` LocalKafka nodes on loopback, each a broker and a controller voter, with internal topics copied
+    to three of them (fewer if fewer nodes): what a production cluster looks like, on one machine, so that a
+    broker can be killed under load. Node `i`'s files live under `state_dir/node-i`."""
+
+    state_dir: Path
+    ports: list[int]
+    """Two per node: its client port, then its controller port."""
+    heap: str = "512m"
+    nodes: list[LocalKafka] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        size = len(self.ports) // 2
+        if size < 1 or len(self.ports) != 2 * size:
+            raise ValueError("a cluster needs two ports per node")
+        pairs = [(self.ports[2 * i], self.ports[2 * i + 1]) for i in range(size)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{controller}" for i, (_, controller) in enumerate(pairs))
+        cluster_id = _cluster_id()
+        self.nodes = [LocalKafka(self.state_dir / f"node-{i + 1}", port, controller, heap=self.heap, node_id=i + 1,
+                                 voters=voters, cluster_id=cluster_id, replicas=min(3, size))
+                      for i, (port, controller) in enumerate(pairs)]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    @property
+    def replicas(self) -> int:
+        return self.nodes[0].replicas
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    async def wait_ready(self, timeout: float = 120.0) -> None:
+        await asyncio.gather(*(node.wait_ready(timeout) for node in self.nodes))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+    @property
+    def pids(self) -> list[int]:
+        return [node.pid for node in self.nodes if node.pid is not None]
 
 
 async def broker_answers(bootstrap_servers: str, **options: Any) -> bool:

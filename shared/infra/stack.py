@@ -2,7 +2,7 @@
 
 `tthc up` (and so `make run`) runs it in the foreground until Ctrl-C; the end-to-end tests start the same
 stack on their own ports and folders. Whatever is given by KAFKA_BOOTSTRAP_SERVERS or DATABASE_URL is used
-instead of starting one.
+instead of starting one; a `cluster` given (not started) is started and owned as the stack's broker.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from shared.crypto import new_key_spec
-from shared.infra.kafka import LocalKafka
+from shared.infra.kafka import LocalKafka, LocalKafkaCluster
 from shared.infra.paths import PROJECT_ROOT
 from shared.infra.postgres import LocalPostgres
 from shared.infra.processes import kill_group, stop_group
@@ -56,6 +56,7 @@ class Stack:
     simulator_rate: float = 5.0
     partitions: int = 6
     kafka: LocalKafka | None = None
+    cluster: LocalKafkaCluster | None = None
     postgres: LocalPostgres | None = None
     bootstrap_servers: str = ""
     database_url: str = ""
@@ -111,11 +112,15 @@ class Stack:
             "NOTIFY_DEFAULT_WEBHOOK_URL": f"http://127.0.0.1:{self.ports.sinks_http}/webhook",
             "NOTIFY_WEBHOOK_SECRET": self._secret("unit-webhook-secret"),
             "PYTHONUNBUFFERED": "1",
+            **({"TTHC_TOPIC_REPLICATION": str(self.cluster.replicas)} if self.cluster is not None else {}),
         }
 
     async def start_infrastructure(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
+        if self.cluster is not None:
+            self.cluster.start()
+            self.bootstrap_servers = self.cluster.bootstrap_servers
         self.bootstrap_servers = self.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
         if not self.bootstrap_servers:
             self.kafka = LocalKafka(self.run_dir / "kafka", self.ports.kafka, self.ports.controller)
@@ -127,7 +132,10 @@ class Stack:
         if self.kafka is not None:
             await self.kafka.wait_ready()
             self.bootstrap_servers = self.kafka.bootstrap_servers
-        await ensure_topics(self.bootstrap_servers, self.partitions)
+        if self.cluster is not None:
+            await self.cluster.wait_ready()
+        await ensure_topics(self.bootstrap_servers, self.partitions,
+                            self.cluster.replicas if self.cluster is not None else 1)
         self.api_key = await provision_key(self.database_url, LOCAL_SOURCE)
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -202,6 +210,8 @@ class Stack:
             self.stop_process(name)
         if self.kafka is not None:
             self.kafka.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.postgres is not None:
             self.postgres.stop()
 

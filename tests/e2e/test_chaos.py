@@ -6,6 +6,9 @@ every rejection was deserved.
 
 The stack owns its broker and database server (both are restarted). One round of faults by default;
 TTHC_SOAK_SECONDS=600 repeats rounds under load for that long (`make soak`).
+
+The same load and reconciliation run on a cluster of three brokers (topics with three copies, writes needing
+two), where each broker in turn is SIGKILLed and load must flow on the other two before it comes back.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from services.metrics.reconcile import reconcile
 from services.notify.settings import NotifySettings
 from shared.contract import topics
 from shared.contract.events import EventType
+from shared.infra.kafka import LocalKafka, LocalKafkaCluster
 from shared.infra.ports import free_ports
 from shared.infra.sinks import read_mail
 from shared.infra.stack import SERVICES, Ports, Stack
@@ -68,6 +72,19 @@ async def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
     # No broker or database given: the stack starts its own, so the test may stop and start them.
     running = Stack(tmp_path_factory.mktemp("chaos"), ports=ports, simulator=False, partitions=3,
                     bootstrap_servers="", database_url="")
+    try:
+        await running.start()
+        yield running
+    finally:
+        await asyncio.to_thread(running.stop)
+
+
+@pytest.fixture(scope="module")
+async def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    home = tmp_path_factory.mktemp("cluster")
+    numbers = free_ports(9 + 6)
+    running = Stack(home, ports=Ports(*numbers[:9]), simulator=False, partitions=3, bootstrap_servers="",
+                    database_url="", cluster=LocalKafkaCluster(home / "kafka", numbers[9:]))
     try:
         await running.start()
         yield running
@@ -279,9 +296,47 @@ async def rejected_event_ids(stack: Stack) -> Counter[str]:
         await consumer.stop()
 
 
+LoadFlows = Callable[[str], Awaitable[None]]
+"""Waits until PROGRESS more dossiers are through; the argument says what for."""
+Fault = tuple[str, Callable[[], Awaitable[None]]]
+
+
 async def test_every_service_killed_and_the_broker_and_database_restarted_under_load_lose_nothing(
         chaos_stack: Stack) -> None:
-    stack = chaos_stack
+    def faults(load_flows: LoadFlows) -> list[Fault]:
+        every: dict[str, Fault] = {
+            **{name: (f"SIGKILL {name}", functools.partial(chaos_stack.restart_service, name)) for name in SERVICES},
+            "kafka": ("restart Kafka", chaos_stack.restart_kafka),
+            "postgres": ("restart PostgreSQL", chaos_stack.restart_postgres),
+        }
+        return [every[name] for name in FAULTS]
+
+    await faults_under_load(chaos_stack, faults, notify_kills_a_round=FAULTS.count("notify"))
+
+
+async def test_each_broker_of_a_three_node_cluster_killed_under_load_loses_nothing(cluster_stack: Stack) -> None:
+    """Topics keep three copies and a write needs two: with any one broker dead the platform goes on (its
+    partitions get new leaders), and the broker catches up when it is back."""
+    assert cluster_stack.cluster is not None
+    nodes = cluster_stack.cluster.nodes
+
+    def faults(load_flows: LoadFlows) -> list[Fault]:
+        def kill(node: LocalKafka) -> Callable[[], Awaitable[None]]:
+            async def fault() -> None:
+                node.kill()
+                await load_flows(f"{PROGRESS} dossiers through with broker {node.node_id} dead")
+                await asyncio.to_thread(node.start)
+                await node.wait_ready()
+            return fault
+        return [(f"SIGKILL broker {node.node_id} of {len(nodes)}", kill(node)) for node in nodes]
+
+    await faults_under_load(cluster_stack, faults, notify_kills_a_round=0)
+
+
+async def faults_under_load(stack: Stack, faults_for: Callable[[LoadFlows], list[Fault]], *,
+                            notify_kills_a_round: int) -> None:
+    """Injects each fault in turn (repeated for SOAK_SECONDS) while a commune system keeps sending, waiting
+    for load to flow again between them, then reconciles everything (module docstring)."""
     ledger = Ledger()
     stop = asyncio.Event()
     began = time.monotonic()
@@ -299,12 +354,7 @@ async def test_every_service_killed_and_the_broker_and_database_restarted_under_
             ready = {name: await ready_answer(stack, name) for name in SERVICES}
             raise AssertionError(f"{stalled}; senders' retries {dict(ledger.retries)}; readiness {ready}") from None
 
-    every: dict[str, tuple[str, Callable[[], Awaitable[None]]]] = {
-        **{name: (f"SIGKILL {name}", functools.partial(stack.restart_service, name)) for name in SERVICES},
-        "kafka": ("restart Kafka", stack.restart_kafka),
-        "postgres": ("restart PostgreSQL", stack.restart_postgres),
-    }
-    faults = [every[name] for name in FAULTS]
+    faults = faults_for(load_flows)
     timeline: list[tuple[str, float]] = []
     rounds = 0
     try:
@@ -380,7 +430,7 @@ async def test_every_service_killed_and_the_broker_and_database_restarted_under_
     # restart, under the same Message-ID (email) or idempotency key (SMS) so that the provider drops the copy.
     # Each of a channel's senders has one message in flight at a time, so each notify kill may leave at most
     # that many such copies per channel.
-    copies_allowed = rounds * FAULTS.count("notify") * NotifySettings.model_fields["senders_per_channel"].default
+    copies_allowed = rounds * notify_kills_a_round * NotifySettings.model_fields["senders_per_channel"].default
     mails = Counter(mail["message_id"] for mail in read_mail(stack.outbox_dir / "mail"))
     assert set(mails) == {r["provider_message_id"] for r in rows if r["channel"] == "email"}
     assert sum(n - 1 for n in mails.values()) <= copies_allowed, {m: n for m, n in mails.items() if n != 1}

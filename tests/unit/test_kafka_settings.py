@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from services.intake.ingress import KEY_HEADER, SIGNATURE_HEADER, sign
 from services.intake.keys import new_key, record_signature
 from shared.infra.secure_kafka import platform_acls
-from shared.kafka import broker_security, client_options, partition_by_key
+from shared.kafka import broker_security, client_options, partition_by_key, servers
 from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.unit
@@ -48,6 +48,11 @@ def test_sasl_without_credentials_is_refused_at_start(missing: str, monkeypatch:
     monkeypatch.delenv(missing, raising=False)
     with pytest.raises(ValidationError, match="needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"):
         CommonSettings.model_validate({k: v for k, v in SASL.items() if k != missing})
+
+
+def test_a_cluster_s_bootstrap_servers_are_each_their_own_host() -> None:
+    assert servers("b1:9092,b2:9092, b3:9092") == ["b1:9092", "b2:9092", "b3:9092"]
+    assert servers("127.0.0.1:9092") == ["127.0.0.1:9092"]
 
 
 def test_a_signature_is_bound_to_the_key_and_the_bytes() -> None:
