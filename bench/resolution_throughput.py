@@ -161,7 +161,9 @@ async def main(dossiers: int, partitions: int, instances: int, brokers: int = 1)
                       end="", file=sys.stderr, flush=True)
             print(file=sys.stderr)
             seconds = (last - first).total_seconds() if first and last else float("nan")
-            rate = count / seconds if seconds else float("nan")
+            if not seconds > 0:  # nan too
+                raise SystemExit(f"{count:,} events judged within one instant: too few to time; give more --dossiers")
+            rate = count / seconds
             return {
                 "benchmark": "resolution_throughput",
                 "measured_at": datetime.now(UTC).isoformat(),
