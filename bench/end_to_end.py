@@ -60,6 +60,7 @@ from shared.catalog import Catalog
 from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
 from shared.contract.events import EventType, schema_uri
+from shared.infra.kafka import LocalKafkaCluster
 from shared.infra.ports import free_ports
 from shared.infra.stack import Ports, Stack
 from shared.simulator import SOURCE, Simulator
@@ -351,7 +352,8 @@ async def floor(stack: Stack, records: list[tuple[bytes, bytes]], partitions: in
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(FLOOR_TOPIC, num_partitions=partitions, replication_factor=1)])
+        await admin.create_topics([NewTopic(FLOOR_TOPIC, num_partitions=partitions,
+                                            replication_factor=stack.replicas)])
     finally:
         await admin.close()
     produce_rate = await produce(stack.bootstrap_servers, FLOOR_TOPIC, records)
@@ -363,8 +365,10 @@ async def floor(stack: Stack, records: list[tuple[bytes, bytes]], partitions: in
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="tthc-e2e-bench-"))
-    stack = Stack(home, ports=Ports(*free_ports(9)), simulator=False, partitions=args.partitions,
-                  bootstrap_servers="", database_url="")
+    numbers = free_ports(9 + 2 * args.brokers)
+    stack = Stack(home, ports=Ports(*numbers[:9]), simulator=False, partitions=args.partitions,
+                  bootstrap_servers="", database_url="",
+                  cluster=LocalKafkaCluster(home / "kafka", numbers[9:]) if args.brokers > 1 else None)
     for variable in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
         os.environ.pop(variable, None)  # a stack of its own, never a shared one
     os.environ["TTHC_LOG_LEVEL"] = "WARNING"
@@ -379,8 +383,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         run = Run(stack, None if args.max else args.rate, args.seconds, args.lanes, args.batch, args.kafka_share,
                   args.probe_interval, probe_unit)
         roots = {process.pid: name for name, process in stack.processes.items()}
-        if stack.kafka is not None and stack.kafka.pid is not None:
-            roots[stack.kafka.pid] = "kafka"
+        roots.update(dict.fromkeys(stack.kafka_pids, "kafka"))
         if (pid := postmaster_pid(stack.postgres.data_dir if stack.postgres else None)) is not None:
             roots[pid] = "postgres"
         roots[os.getpid()] = "load generator (this bench)"
@@ -443,7 +446,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print("measuring the pipeline's floor on the same payloads ...", file=sys.stderr, flush=True)
         pipeline = await pipeline_floor.measure(stack.bootstrap_servers, stack.database_url, run.tally.payloads,
                                                 args.partitions, {pid: name for pid, name in roots.items()
-                                                                  if name in ("kafka", "postgres")})
+                                                                  if name in ("kafka", "postgres")},
+                                                replication=stack.replicas)
         floor_rates["pipeline_events_per_s"] = pipeline["events_per_s"]
         used = processes.report(wall)
         e2e_rate = run.observed.judged / wall if wall else float("nan")
@@ -454,7 +458,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         "python": platform.python_version(), "processor": platform.processor() or platform.machine()},
             "settings": {"mode": "max" if args.max else "rate", "rate": None if args.max else args.rate,
                          "seconds": args.seconds, "lanes": args.lanes, "kafka_lanes": kafka_lanes,
-                         "batch": args.batch, "partitions": args.partitions, "probe_interval": args.probe_interval},
+                         "batch": args.batch, "partitions": args.partitions, "probe_interval": args.probe_interval,
+                         "brokers": args.brokers, "topic_copies": stack.replicas},
             "sent": {"events": run.tally.sent, "accepted_http": run.tally.accepted_http,
                      "rejected_http": run.tally.rejected_http, "over_kafka": run.tally.sent_kafka,
                      "dossiers_received": run.tally.received, "dossiers_completed": run.tally.completed},
@@ -572,7 +577,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}. Mode "
         f"{settings['mode']}" + (f" at {settings['rate']:g} events/s" if settings["rate"] else "")
         + f" for {settings['seconds']:g} s, {settings['lanes']} lanes ({settings['kafka_lanes']} over Kafka), "
-        f"batches of {settings['batch']}, {settings['partitions']} partitions.",
+        f"batches of {settings['batch']}, {settings['partitions']} partitions"
+        + (f", {settings['brokers']} brokers ({settings['topic_copies']} copies of each topic)"
+           if settings.get("brokers", 1) > 1 else "") + ".",
         "",
         "| measure | value |",
         "|---|---|",
@@ -617,6 +624,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=100, help="events per HTTP batch")
     parser.add_argument("--kafka-share", type=float, default=0.25, help="share of lanes sending over tthc.ingress.v1")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--brokers", type=int, default=1,
+                        help="a cluster of this many brokers on this machine, topics with min(3, brokers) copies")
     parser.add_argument("--probe-interval", type=float, default=0.5)
     parser.add_argument("--warmup", type=float, default=10.0,
                         help="latency is also reported for probes sent after this many seconds: a stack just "

@@ -227,11 +227,12 @@ async def _line(process: asyncio.subprocess.Process, expected: str) -> str:
 
 
 async def measure(bootstrap: str, database_url: str, records: list[tuple[bytes, bytes]], partitions: int,
-                  watched: dict[int, str], instances: int = 1) -> dict[str, Any]:
+                  watched: dict[int, str], instances: int = 1, replication: int = 1) -> dict[str, Any]:
     """Run the floor's processes over `records` (key, value), `instances` processes per stage sharing the
     partitions; `watched` adds processes whose CPU to count (the broker, the postmaster)."""
     run = uuid.uuid4().hex[:8]
-    await ensure_topics(bootstrap, partitions, names=tuple(topic(run, name) for name in (INGRESS, ACCEPTED, LIFECYCLE)))
+    await ensure_topics(bootstrap, partitions, replication,
+                        names=tuple(topic(run, name) for name in (INGRESS, ACCEPTED, LIFECYCLE)))
     pool = await create_pool(database_url, max_size=1)
     try:
         for stage in STAGES:  # the services' tables, empty

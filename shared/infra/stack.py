@@ -64,6 +64,16 @@ class Stack:
     api_key: str = ""
 
     @property
+    def replicas(self) -> int:
+        """Copies of each topic: three on the stack's own cluster, one otherwise."""
+        return self.cluster.replicas if self.cluster is not None else 1
+
+    @property
+    def kafka_pids(self) -> list[int]:
+        """The broker processes the stack started, if any."""
+        return self.kafka.pids if self.kafka is not None else self.cluster.pids if self.cluster is not None else []
+
+    @property
     def logs(self) -> Path:
         return self.run_dir / "logs"
 
@@ -112,7 +122,7 @@ class Stack:
             "NOTIFY_DEFAULT_WEBHOOK_URL": f"http://127.0.0.1:{self.ports.sinks_http}/webhook",
             "NOTIFY_WEBHOOK_SECRET": self._secret("unit-webhook-secret"),
             "PYTHONUNBUFFERED": "1",
-            **({"TTHC_TOPIC_REPLICATION": str(self.cluster.replicas)} if self.cluster is not None else {}),
+            **({"TTHC_TOPIC_REPLICATION": str(self.replicas)} if self.cluster is not None else {}),
         }
 
     async def start_infrastructure(self) -> None:
@@ -134,8 +144,7 @@ class Stack:
             self.bootstrap_servers = self.kafka.bootstrap_servers
         if self.cluster is not None:
             await self.cluster.wait_ready()
-        await ensure_topics(self.bootstrap_servers, self.partitions,
-                            self.cluster.replicas if self.cluster is not None else 1)
+        await ensure_topics(self.bootstrap_servers, self.partitions, self.replicas)
         self.api_key = await provision_key(self.database_url, LOCAL_SOURCE)
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
