@@ -62,4 +62,3 @@ async def infrastructure(prefix: str, *, from_environment: bool = True,
         if postgres is not None:
             postgres.stop()
         shutil.rmtree(home, ignore_errors=True)
-
