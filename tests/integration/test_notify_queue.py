@@ -1,4 +1,5 @@
-"""The delivery queue under a backlog: its rounds and the opt-out sweep read only the rows they change."""
+"""The delivery queue under a backlog: its rounds, the opt-out sweep and the due-soon cancel read only the rows
+they change."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.notify.app import MIGRATIONS
+from services.notify.app import CANCEL_DUE_ALERTS, MIGRATIONS
 from services.notify.delivery import CLAIM_FOR_CITIZENS, SCHEMA, SET_ASIDE_OPTED_OUT
 from shared import db
 
@@ -104,3 +105,41 @@ async def test_the_sweep_reads_nothing_while_nobody_has_opted_out_even_without_s
     root = await explained(pool, SET_ASIDE_OPTED_OUT)
     assert int(root["Actual Rows"]) == 0
     assert rows_read(root, "d") == 0, "the sweep read the waiting messages with nobody opted out"
+
+
+async def test_cancelling_due_soon_alerts_reads_only_the_batchs_dossiers_through_a_plan_made_on_the_empty_table(
+        pool: asyncpg.Pool, database_url: str) -> None:
+    # As the first lifecycle batches of a fresh deployment leave it: PostgreSQL settles on a generic plan after
+    # a statement's first five runs when it costs no more than theirs, as it does while the table is empty, and
+    # the connection keeps it until an ANALYZE of the grown table.
+    conn = await asyncpg.connect(database_url, server_settings={"plan_cache_mode": "force_generic_plan"})
+    try:
+        await conn.execute(CANCEL_DUE_ALERTS, ["nothing-yet"], [None], ["planned on the empty table"])
+        await conn.execute(
+            f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, next_attempt_at, "
+            "context, created_at) SELECT 'waiting-' || n, 'due_soon@' || n, 'webhook', 'due_soon', 'queued', "
+            "now() + interval '1 day', '{}', now() FROM generate_series(1, 20000) AS n")
+        batch = {"closed": "queued", "still-running": "queued", "being-sent": "sending"}
+        await conn.executemany(
+            f"INSERT INTO {SCHEMA}.deliveries (dossier_code, event_id, channel, template, status, next_attempt_at, "
+            "context, created_at) VALUES ($1, $2, $3, 'due_soon', $4, now(), '{}', now())",
+            [(code, "due_soon@2026-12-01T01:00:00+00:00", "webhook", status) for code, status in batch.items()]
+            + [("closed", "ev-1", "sms", "queued")])
+        async with conn.transaction():
+            await conn.execute(CANCEL_DUE_ALERTS, list(batch),
+                               [None, "due_soon@2026-12-01T01:00:00+00:00", None], ["closed"] * 3)
+            read = await conn.fetchrow("SELECT seq_tup_read, idx_tup_fetch FROM pg_stat_xact_user_tables "
+                                       "WHERE schemaname = $1 AND relname = 'deliveries'", SCHEMA)
+        statuses = {(row["dossier_code"], row["channel"]): row["status"] for row in await conn.fetch(
+            f"SELECT dossier_code, channel, status FROM {SCHEMA}.deliveries WHERE dossier_code = ANY($1)",
+            list(batch))}
+        still_waiting = await conn.fetchval(
+            f"SELECT count(*) FROM {SCHEMA}.deliveries WHERE dossier_code LIKE 'waiting-%' AND status = 'queued'")
+    finally:
+        await conn.close()
+    assert statuses == {("closed", "webhook"): "cancelled", ("closed", "sms"): "queued",
+                        ("still-running", "webhook"): "queued", ("being-sent", "webhook"): "sending"}
+    assert still_waiting == 20_000
+    assert read is not None
+    assert read["seq_tup_read"] + read["idx_tup_fetch"] <= 10, \
+        f"cancelling three dossiers' alerts read {dict(read)} rows of the 20,000 other dossiers' waiting alerts"
