@@ -36,6 +36,8 @@ from shared.reference import Reference
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 SPREAD = 5_000
+# Long runs report their rate per window too, to show whether it holds as the tables grow.
+WINDOW_SECONDS = 10.0
 
 
 def progress_bar(done: float, width: int = 20) -> str:
@@ -129,6 +131,19 @@ async def judged(database_url: str) -> tuple[int, datetime | None, datetime | No
         await conn.close()
 
 
+async def rates_by_window(database_url: str, first: datetime, window: float) -> list[float]:
+    """Events judged per second in each `window` seconds from `first`, the last window likely partial: does
+    the rate hold as the tables grow?"""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT floor(extract(epoch FROM recorded_at - $1) / $2)::int AS w, count(*) AS n "
+                                "FROM resolution.events GROUP BY w ORDER BY w", first, window)
+    finally:
+        await conn.close()
+    counts = {int(row["w"]): int(row["n"]) for row in rows}
+    return [round(counts.get(w, 0) / window) for w in range(max(counts, default=-1) + 1)]
+
+
 async def main(dossiers: int, partitions: int, instances: int, brokers: int = 1) -> dict[str, Any]:
     resolutions: list[asyncio.subprocess.Process] = []
     async with infrastructure("tthc-bench-", brokers=brokers) as infra:
@@ -164,6 +179,8 @@ async def main(dossiers: int, partitions: int, instances: int, brokers: int = 1)
             if not seconds > 0:  # nan too
                 raise SystemExit(f"{count:,} events judged within one instant: too few to time; give more --dossiers")
             rate = count / seconds
+            assert first is not None
+            windows = await rates_by_window(database_url, first, WINDOW_SECONDS)
             return {
                 "benchmark": "resolution_throughput",
                 "measured_at": datetime.now(UTC).isoformat(),
@@ -176,6 +193,7 @@ async def main(dossiers: int, partitions: int, instances: int, brokers: int = 1)
                 "settings": {name: value for name, value in os.environ.items() if name.startswith("RESOLUTION_")},
                 "judged": count,
                 "resolution_events_per_s": round(rate), "seconds": round(seconds, 2),
+                "window_seconds": WINDOW_SECONDS, "events_per_s_by_window": windows,
                 "floor": {"aiokafka_produce_per_s": round(produce_rate), "aiokafka_consume_per_s": round(consume_rate),
                           "asyncpg_insert_per_s": round(insert_rate)},
                 "ratio_to_asyncpg_floor": round(rate / insert_rate, 3),
