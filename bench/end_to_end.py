@@ -60,7 +60,7 @@ from shared.catalog import Catalog
 from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
 from shared.contract.events import EventType, schema_uri
-from shared.infra.kafka import LocalKafkaCluster
+from shared.infra.kafka import local_brokers
 from shared.infra.ports import free_ports
 from shared.infra.stack import Ports, Stack
 from shared.simulator import SOURCE, Simulator
@@ -368,7 +368,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     numbers = free_ports(9 + 2 * args.brokers)
     stack = Stack(home, ports=Ports(*numbers[:9]), simulator=False, partitions=args.partitions,
                   bootstrap_servers="", database_url="",
-                  cluster=LocalKafkaCluster(home / "kafka", numbers[9:]) if args.brokers > 1 else None)
+                  kafka=local_brokers(home / "kafka", numbers[9:]))
     for variable in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
         os.environ.pop(variable, None)  # a stack of its own, never a shared one
     os.environ["TTHC_LOG_LEVEL"] = "WARNING"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.processes import postmaster_pid
-from shared.infra.kafka import LocalKafka, LocalKafkaCluster
+from shared.infra.kafka import local_brokers
 from shared.infra.ports import free_ports
 from shared.infra.postgres import LocalPostgres
 
@@ -38,10 +38,7 @@ async def infrastructure(prefix: str, *, from_environment: bool = True,
     database_url = os.environ.get("DATABASE_URL", "") if from_environment else ""
     ports = free_ports(1 + 2 * brokers)
     postgres_port = ports[0]
-    kafka: LocalKafka | LocalKafkaCluster | None = None
-    if not bootstrap:
-        kafka = (LocalKafka(home / "kafka", ports[1], ports[2]) if brokers == 1
-                 else LocalKafkaCluster(home / "kafka", ports[1:]))
+    kafka = None if bootstrap else local_brokers(home / "kafka", ports[1:])
     postgres = None if database_url else LocalPostgres(home / "pg" / "data", postgres_port)
     try:
         if kafka is not None:

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,14 @@ class LocalKafkaCluster:
     @property
     def pids(self) -> list[int]:
         return [node.pid for node in self.nodes if node.pid is not None]
+
+
+def local_brokers(state_dir: Path, ports: Sequence[int]) -> LocalKafka | LocalKafkaCluster:
+    """Brokers of a stack or benchmark's own: one on two ports (client, controller), or a cluster of a node for
+    each two."""
+    if len(ports) == 2:
+        return LocalKafka(state_dir, ports[0], ports[1])
+    return LocalKafkaCluster(state_dir, list(ports))
 
 
 async def broker_answers(bootstrap_servers: str, **options: Any) -> bool:

@@ -2,7 +2,7 @@
 
 `tthc up` (and so `make run`) runs it in the foreground until Ctrl-C; the end-to-end tests start the same
 stack on their own ports and folders. Whatever is given by KAFKA_BOOTSTRAP_SERVERS or DATABASE_URL is used
-instead of starting one; a `cluster` given (not started) is started and owned as the stack's broker.
+instead of starting one; a `kafka` given (not started: a broker or a cluster) is started and owned.
 """
 
 from __future__ import annotations
@@ -55,8 +55,7 @@ class Stack:
     simulator: bool = True
     simulator_rate: float = 5.0
     partitions: int = 6
-    kafka: LocalKafka | None = None
-    cluster: LocalKafkaCluster | None = None
+    kafka: LocalKafka | LocalKafkaCluster | None = None
     postgres: LocalPostgres | None = None
     bootstrap_servers: str = ""
     database_url: str = ""
@@ -66,12 +65,12 @@ class Stack:
     @property
     def replicas(self) -> int:
         """Copies of each topic: three on the stack's own cluster, one otherwise."""
-        return self.cluster.replicas if self.cluster is not None else 1
+        return self.kafka.replicas if self.kafka is not None else 1
 
     @property
     def kafka_pids(self) -> list[int]:
         """The broker processes the stack started, if any."""
-        return self.kafka.pids if self.kafka is not None else self.cluster.pids if self.cluster is not None else []
+        return self.kafka.pids if self.kafka is not None else []
 
     @property
     def logs(self) -> Path:
@@ -122,18 +121,17 @@ class Stack:
             "NOTIFY_DEFAULT_WEBHOOK_URL": f"http://127.0.0.1:{self.ports.sinks_http}/webhook",
             "NOTIFY_WEBHOOK_SECRET": self._secret("unit-webhook-secret"),
             "PYTHONUNBUFFERED": "1",
-            **({"TTHC_TOPIC_REPLICATION": str(self.replicas)} if self.cluster is not None else {}),
+            **({"TTHC_TOPIC_REPLICATION": str(self.replicas)} if self.replicas > 1 else {}),
         }
 
     async def start_infrastructure(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        if self.cluster is not None:
-            self.cluster.start()
-            self.bootstrap_servers = self.cluster.bootstrap_servers
-        self.bootstrap_servers = self.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-        if not self.bootstrap_servers:
-            self.kafka = LocalKafka(self.run_dir / "kafka", self.ports.kafka, self.ports.controller)
+        if self.kafka is None:
+            self.bootstrap_servers = self.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+            if not self.bootstrap_servers:
+                self.kafka = LocalKafka(self.run_dir / "kafka", self.ports.kafka, self.ports.controller)
+        if self.kafka is not None:
             self.kafka.start()
         self.database_url = self.database_url or os.environ.get("DATABASE_URL", "")
         if not self.database_url:
@@ -142,8 +140,6 @@ class Stack:
         if self.kafka is not None:
             await self.kafka.wait_ready()
             self.bootstrap_servers = self.kafka.bootstrap_servers
-        if self.cluster is not None:
-            await self.cluster.wait_ready()
         await ensure_topics(self.bootstrap_servers, self.partitions, self.replicas)
         self.api_key = await provision_key(self.database_url, LOCAL_SOURCE)
 
@@ -200,7 +196,7 @@ class Stack:
         await self.wait_ready(name)
 
     async def restart_kafka(self) -> None:
-        """Stop the stack's own broker and start it again on the same ports and data (fault drills)."""
+        """Stop the stack's own brokers and start them again on the same ports and data (fault drills)."""
         if self.kafka is None:
             raise RuntimeError("the broker is not this stack's own: it cannot be restarted")
         await asyncio.to_thread(self.kafka.stop)
@@ -219,8 +215,6 @@ class Stack:
             self.stop_process(name)
         if self.kafka is not None:
             self.kafka.stop()
-        if self.cluster is not None:
-            self.cluster.stop()
         if self.postgres is not None:
             self.postgres.stop()
 

@@ -84,7 +84,7 @@ async def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
     home = tmp_path_factory.mktemp("cluster")
     numbers = free_ports(9 + 6)
     running = Stack(home, ports=Ports(*numbers[:9]), simulator=False, partitions=3, bootstrap_servers="",
-                    database_url="", cluster=LocalKafkaCluster(home / "kafka", numbers[9:]))
+                    database_url="", kafka=LocalKafkaCluster(home / "kafka", numbers[9:]))
     try:
         await running.start()
         yield running
@@ -317,8 +317,8 @@ async def test_every_service_killed_and_the_broker_and_database_restarted_under_
 async def test_each_broker_of_a_three_node_cluster_killed_under_load_loses_nothing(cluster_stack: Stack) -> None:
     """Topics keep three copies and a write needs two: with any one broker dead the platform goes on (its
     partitions get new leaders), and the broker catches up when it is back."""
-    assert cluster_stack.cluster is not None
-    nodes = cluster_stack.cluster.nodes
+    assert isinstance(cluster_stack.kafka, LocalKafkaCluster)
+    nodes = cluster_stack.kafka.nodes
 
     def faults(load_flows: LoadFlows) -> list[Fault]:
         def kill(node: LocalKafka) -> Callable[[], Awaitable[None]]:
