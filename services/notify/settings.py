@@ -26,12 +26,11 @@ class NotifySettings(CommonSettings):
     retry_max_seconds: float = 600.0
     gateway_timeout_seconds: float = 10.0
     # Messages in flight at once per provider. One at a time, a provider answering in 50 ms holds a channel to
-    # 20 a second; raise it for providers that far away (4 sent 85 messages a second, 16 sent 194, against 25).
+    # 20 a second (4 sent 85 messages a second, 16 sent 194, against 25); real gateways answer slower still.
     # Each sender records an outcome before its next send, so a kill leaves the provider at most this many
-    # copies per channel to drop (by Message-ID or idempotency key). One by default: with providers close by,
-    # more made notify's batches of lifecycle events three times larger and its PostgreSQL work a third dearer
-    # (docs/performance.md, "Notify").
-    senders_per_channel: int = Field(default=1, ge=1, le=32)
+    # copies per channel to drop (by Message-ID or idempotency key). Four cost no more than one end to end
+    # since the due-soon cancel stopped reading every waiting alert (docs/performance.md, "Notify").
+    senders_per_channel: int = Field(default=4, ge=1, le=32)
     # Sends per second and burst per provider (their contracts cap them), e.g. NOTIFY_RATE_PER_SECOND='{"sms": 5}'.
     rate_per_second: dict[str, float] = Field(
         default_factory=lambda: {"email": 20.0, "sms": 10.0, "zalo": 10.0, "webhook": 10.0})
