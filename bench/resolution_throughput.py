@@ -131,7 +131,7 @@ async def judged(database_url: str) -> tuple[int, datetime | None, datetime | No
         await conn.close()
 
 
-async def rates_by_window(database_url: str, first: datetime, window: float) -> list[float]:
+async def rates_by_window(database_url: str, first: datetime, window: float) -> list[int]:
     """Events judged per second in each `window` seconds from `first`, the last window likely partial: does
     the rate hold as the tables grow?"""
     conn = await asyncpg.connect(database_url)
