@@ -37,19 +37,20 @@ MIGRATIONS = PROJECT_ROOT / "services" / "notify" / "migrations"
 PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
 
 
-# Cancels each listed dossier's waiting due-soon alerts but the one it keeps ($1 codes, $2 kept alert ids, $3
-# reasons). Each dossier's alerts are found by the primary key (OFFSET 0 keeps that lookup its own step, once
-# per dossier) and "waiting" is checked on the row found, not in the lookup: otherwise the plan PostgreSQL
-# caches while `deliveries` is nearly empty walks the queue's partial index, every waiting alert of every
-# dossier, on each batch (tests/integration/test_notify_queue.py). An alert a sender took meanwhile is left
-# alone. Nothing else changes a waiting alert and leaves it waiting while this runs (another batch with the
-# same dossier waits on its clock row), so the row found is the row to cancel.
+# Cancels each listed dossier's due-soon alerts, waiting or being sent, but the one it keeps ($1 codes, $2 kept
+# alert ids, $3 reasons); a sender keeps "cancelled" unless the unit's system took the alert
+# (services/notify/delivery.py, _finish). Each dossier's alerts are found by the primary key (OFFSET 0 keeps
+# that lookup its own step, once per dossier) and the status is checked on the row found, not in the lookup:
+# otherwise the plan PostgreSQL caches while `deliveries` is nearly empty walks the queue's partial index,
+# every waiting alert of every dossier, on each batch (tests/integration/test_notify_queue.py). An alert a
+# sender claims meanwhile is left to that sender. Nothing else changes an alert and leaves its status while
+# this runs (another batch with the same dossier waits on its clock row), so the row found is the row to cancel.
 CANCEL_DUE_ALERTS = (
     f"UPDATE {SCHEMA}.deliveries AS d SET status = 'cancelled', last_error = c.reason "
     "FROM unnest($1::text[], $2::text[], $3::text[]) AS c(code, keep, reason) "
     f"CROSS JOIN LATERAL (SELECT a.ctid AS found FROM {SCHEMA}.deliveries AS a WHERE a.dossier_code = c.code "
     f"AND a.channel = '{WEBHOOK}' AND a.event_id LIKE '{due.PREFIX}%' AND a.event_id IS DISTINCT FROM c.keep "
-    "OFFSET 0) AS k WHERE d.ctid = k.found AND d.status IN ('queued', 'temporary-failure')")
+    "OFFSET 0) AS k WHERE d.ctid = k.found AND d.status IN ('queued', 'temporary-failure', 'sending')")
 
 
 class DeliveryReport(BaseModel):

@@ -398,8 +398,8 @@ class Deliverer:
     async def _release(self, conn: Connection, key: tuple[str, str, str]) -> None:
         """Back in the queue as it was, the attempt not counted: the provider was never called."""
         await conn.execute(
-            f"UPDATE {SCHEMA}.deliveries SET attempts = attempts - 1, "
-            "status = CASE WHEN attempts <= 1 THEN 'queued' ELSE 'temporary-failure' END "
+            f"UPDATE {SCHEMA}.deliveries SET attempts = attempts - 1, status = CASE WHEN status = 'cancelled' "
+            "THEN status WHEN attempts <= 1 THEN 'queued' ELSE 'temporary-failure' END "
             "WHERE dossier_code = $1 AND event_id = $2 AND channel = $3", *key)
 
     async def _finish(self, conn: Connection, key: tuple[str, str, str], status: str, error: str | None,
@@ -411,8 +411,14 @@ class Deliverer:
         target: Connection | asyncpg.Pool = conn
         while True:
             try:
+                # A due-soon alert cancelled while it was being sent (its dossier closed meanwhile) stays
+                # cancelled unless the unit's system took it: no retry for a dossier that no longer runs.
                 await target.execute(
-                    f"UPDATE {SCHEMA}.deliveries SET status = $4, last_error = $5, next_attempt_at = $6, "
+                    f"UPDATE {SCHEMA}.deliveries SET "
+                    "status = CASE WHEN status = 'cancelled' AND $4 <> 'delivered' THEN status ELSE $4 END, "
+                    "last_error = CASE WHEN status = 'cancelled' AND $4 <> 'delivered' "
+                    "THEN last_error || '; the send under way: ' || COALESCE($5, $4) ELSE $5 END, "
+                    "next_attempt_at = $6, "
                     "delivered_at = CASE WHEN $4 = 'delivered' THEN $7 ELSE delivered_at END, "
                     "provider_message_id = COALESCE($8, provider_message_id) "
                     "WHERE dossier_code = $1 AND event_id = $2 AND channel = $3",

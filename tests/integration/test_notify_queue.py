@@ -138,7 +138,7 @@ async def test_cancelling_due_soon_alerts_reads_only_the_batchs_dossiers_through
     finally:
         await conn.close()
     assert statuses == {("closed", "webhook"): "cancelled", ("closed", "sms"): "queued",
-                        ("still-running", "webhook"): "queued", ("being-sent", "webhook"): "sending"}
+                        ("still-running", "webhook"): "queued", ("being-sent", "webhook"): "cancelled"}
     assert still_waiting == 20_000
     assert read is not None
     assert read["seq_tup_read"] + read["idx_tup_fetch"] <= 10, \

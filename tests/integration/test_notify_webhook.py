@@ -1,12 +1,14 @@
 """The due-soon alert to the handling unit's webhook, in-process against the real broker and database, with
 the sinks' commune-system stand-in (a real local HTTP server) receiving it: once, signed, not before the
-dossier's due_soon_at, and never for a dossier that closed first."""
+dossier's due_soon_at, and never for a dossier that closed first, even one that closed while its alert was
+being sent."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 import asyncpg
 import pytest
 import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from services.notify import webhook
 from services.notify.app import build_app
@@ -31,11 +35,11 @@ pytestmark = pytest.mark.integration
 SECRET = "commune-webhook-secret"
 
 
-@pytest.fixture
-async def commune(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
-    """The sinks' HTTP stand-in, playing the commune's system at /webhook: (its folder, its base URL)."""
+@asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """`app` listening on a local port, in this event loop: its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(gateway_app(tmp_path), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
 
     async def started() -> bool:
@@ -43,10 +47,27 @@ async def commune(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
 
     try:
         await eventually(started, 30, what="the commune-system stand-in listening")
-        yield tmp_path, f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await serving
+
+
+@pytest.fixture
+async def commune(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
+    """The sinks' HTTP stand-in, playing the commune's system at /webhook: (its folder, its base URL)."""
+    async with served(gateway_app(tmp_path)) as base:
+        yield tmp_path, base
+
+
+def notify_settings(infra: Infra, database_url: str, data_keys: str, group: str, base: str) -> NotifySettings:
+    return NotifySettings.model_validate({
+        "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "DATABASE_URL": database_url,
+        "TTHC_DATA_KEYS": data_keys, "TTHC_TOPIC_PARTITIONS": 3, "consumer_group": group,
+        "survey_base_url": "http://notify/khao-sat", "retry_base_seconds": 0.05, "retry_max_seconds": 0.5,
+        "unit_webhooks": {"99999": "http://127.0.0.1:9/never"}, "default_webhook_url": f"{base}/webhook",
+        "webhook_secret": SECRET,
+    })
 
 
 class Clock:
@@ -79,13 +100,7 @@ async def test_a_running_dossier_alerts_its_unit_once_signed_after_due_soon_and_
     folder, base = commune
     group = f"notify-webhook-{uuid.uuid4().hex[:8]}"
     await start_at_end(infra.bootstrap_servers, group)
-    settings = NotifySettings.model_validate({
-        "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "DATABASE_URL": database_url,
-        "TTHC_DATA_KEYS": data_keys, "TTHC_TOPIC_PARTITIONS": 3, "consumer_group": group,
-        "survey_base_url": "http://notify/khao-sat", "retry_base_seconds": 0.05, "retry_max_seconds": 0.5,
-        "unit_webhooks": {"99999": "http://127.0.0.1:9/never"}, "default_webhook_url": f"{base}/webhook",
-        "webhook_secret": SECRET,
-    })
+    settings = notify_settings(infra, database_url, data_keys, group, base)
     conn = await asyncpg.connect(database_url)
 
     async def decided(code: str, sequence: int) -> bool:
@@ -165,3 +180,62 @@ async def test_a_running_dossier_alerts_its_unit_once_signed_after_due_soon_and_
                 "webhook", "due_soon", "delivered", 1)
     finally:
         await conn.close()
+
+
+async def test_an_alert_whose_dossier_closes_while_it_is_being_sent_is_not_sent_again_when_that_send_fails(
+        infra: Infra, database_url: str, data_keys: str, topics_ready: None) -> None:
+    # The unit's system holds its answer to the first alert until the test lets it go, then fails it (503); any
+    # later attempt it would accept.
+    asked, answer = asyncio.Event(), asyncio.Event()
+    received: list[dict[str, Any]] = []
+    system = FastAPI()
+
+    @system.post("/webhook")
+    async def hold_then_fail(request: Request) -> JSONResponse:
+        received.append(await request.json())
+        if len(received) > 1:
+            return JSONResponse({"status": "accepted"})
+        asked.set()
+        await answer.wait()
+        return JSONResponse({"error": "down for maintenance"}, status_code=503)
+
+    async def being_asked() -> bool:
+        return asked.is_set()
+
+    group = f"notify-webhook-{uuid.uuid4().hex[:8]}"
+    await start_at_end(infra.bootstrap_servers, group)
+    conn = await asyncpg.connect(database_url)
+
+    async def alert(code: str) -> asyncpg.Record | None:
+        return await conn.fetchrow("SELECT status, last_error FROM notify.deliveries WHERE dossier_code = $1 "
+                                   "AND channel = 'webhook'", code)
+
+    async def decided(code: str, sequence: int) -> bool:
+        return bool(await conn.fetchval("SELECT true FROM notify.due_alert_clocks WHERE dossier_code = $1 "
+                                        "AND sequence >= $2", code, sequence))
+
+    try:
+        async with served(system) as base, \
+                in_process(build_app(notify_settings(infra, database_url, data_keys, group, base)), "notify"):
+            dossier = Clock()
+            due = datetime.now(UTC) + timedelta(hours=1)
+            await publish(infra, dossier.event(EventType.RECEIVED, DossierState.RECEIVED, due,
+                                               datetime.now(UTC) + timedelta(seconds=1)))
+            await eventually(being_asked, what="the due-soon alert at the unit's system")
+            sending = await alert(dossier.code)
+            assert sending is not None and sending["status"] == "sending"
+
+            await publish(infra, dossier.event(EventType.RESOLVED, DossierState.RESOLVED, due))
+            await eventually(lambda: decided(dossier.code, 2), what="the resolved event consumed")
+            answer.set()
+
+            async def failure_recorded() -> asyncpg.Record | None:
+                row = await alert(dossier.code)
+                return row if row is not None and "unavailable (503)" in (row["last_error"] or "") else None
+
+            row = await eventually(failure_recorded, what="the failed send recorded")
+    finally:
+        await conn.close()
+    assert row["status"] == "cancelled", "the alert would be sent again for a dossier already resolved"
+    assert row["last_error"].startswith(f"cancelled by {dossier.code}:2 (resolved)")
+    assert len(received) == 1
