@@ -223,7 +223,8 @@ async def test_an_alert_whose_dossier_closes_while_it_is_being_sent_is_not_sent_
                                                datetime.now(UTC) + timedelta(seconds=1)))
             await eventually(being_asked, what="the due-soon alert at the unit's system")
             sending = await alert(dossier.code)
-            assert sending is not None and sending["status"] == "sending"
+            assert sending is not None
+            assert sending["status"] == "sending"
 
             await publish(infra, dossier.event(EventType.RESOLVED, DossierState.RESOLVED, due))
             await eventually(lambda: decided(dossier.code, 2), what="the resolved event consumed")
