@@ -168,7 +168,8 @@ async def test_a_running_dossier_alerts_its_unit_once_signed_after_due_soon_and_
             assert alerts(folder, resolved.code) == []
             assert await statuses(notify, resolved.code) == []
             rows = await conn.fetch("SELECT status FROM notify.deliveries WHERE dossier_code = $1", resolved.code)
-            assert [r["status"] for r in rows] == ["cancelled"]
+            # Cancelled, or never queued when its two events came in one batch.
+            assert [r["status"] for r in rows] in (["cancelled"], [])
 
             # Resent once more after the alert went out, then a later event behind it on the same partition:
             # when that one is decided, the resend was consumed too, and nothing new was sent.
