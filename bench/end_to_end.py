@@ -60,9 +60,7 @@ from shared.catalog import Catalog
 from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
 from shared.contract.events import EventType, schema_uri
-from shared.infra.kafka import local_brokers
-from shared.infra.ports import free_ports
-from shared.infra.stack import Ports, Stack
+from shared.infra.stack import Stack
 from shared.simulator import SOURCE, Simulator
 
 TERMINAL = {t.cloudevents_type for t in (EventType.RESOLVED, EventType.REJECTED, EventType.WITHDRAWN)}
@@ -365,10 +363,7 @@ async def floor(stack: Stack, records: list[tuple[bytes, bytes]], partitions: in
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="tthc-e2e-bench-"))
-    numbers = free_ports(9 + 2 * args.brokers)
-    stack = Stack(home, ports=Ports(*numbers[:9]), simulator=False, partitions=args.partitions,
-                  bootstrap_servers="", database_url="",
-                  kafka=local_brokers(home / "kafka", numbers[9:]))
+    stack = Stack.of_its_own(home, brokers=args.brokers, partitions=args.partitions)
     for variable in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
         os.environ.pop(variable, None)  # a stack of its own, never a shared one
     os.environ["TTHC_LOG_LEVEL"] = "WARNING"

@@ -186,10 +186,6 @@ class LocalKafka:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    @property
     def pids(self) -> list[int]:
         """As a cluster's: the broker's process, once started."""
         return [self._process.pid] if self._process else []
@@ -245,7 +241,7 @@ class LocalKafkaCluster:
 
     @property
     def pids(self) -> list[int]:
-        return [node.pid for node in self.nodes if node.pid is not None]
+        return [pid for node in self.nodes for pid in node.pids]
 
 
 def local_brokers(state_dir: Path, ports: Sequence[int]) -> LocalKafka | LocalKafkaCluster:

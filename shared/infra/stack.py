@@ -21,8 +21,9 @@ from pathlib import Path
 import httpx
 
 from shared.crypto import new_key_spec
-from shared.infra.kafka import LocalKafka, LocalKafkaCluster
+from shared.infra.kafka import LocalKafka, LocalKafkaCluster, local_brokers
 from shared.infra.paths import PROJECT_ROOT
+from shared.infra.ports import free_ports
 from shared.infra.postgres import LocalPostgres
 from shared.infra.processes import kill_group, stop_group
 from shared.kafka import ensure_topics
@@ -61,6 +62,14 @@ class Stack:
     database_url: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     api_key: str = ""
+
+    @classmethod
+    def of_its_own(cls, run_dir: Path, *, brokers: int = 1, partitions: int = 6) -> Stack:
+        """A stack on free ports that starts its own brokers (one, or a cluster of `brokers`) and database, so
+        that a test or a benchmark may stop and kill them; no simulator, the caller sends the load."""
+        numbers = free_ports(9 + 2 * brokers)
+        return cls(run_dir, ports=Ports(*numbers[:9]), simulator=False, partitions=partitions,
+                   kafka=local_brokers(run_dir / "kafka", numbers[9:]), bootstrap_servers="", database_url="")
 
     @property
     def replicas(self) -> int:

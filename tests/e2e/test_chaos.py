@@ -36,9 +36,8 @@ from services.notify.settings import NotifySettings
 from shared.contract import topics
 from shared.contract.events import EventType
 from shared.infra.kafka import LocalKafka, LocalKafkaCluster
-from shared.infra.ports import free_ports
 from shared.infra.sinks import read_mail
-from shared.infra.stack import SERVICES, Ports, Stack
+from shared.infra.stack import SERVICES, Stack
 from tests.support import VN, cloudevent, dossier_code, eventually, received_data
 
 SOAK_SECONDS = float(os.environ.get("TTHC_SOAK_SECONDS", "0"))
@@ -66,30 +65,26 @@ TEMPLATE = {EventType.RECEIVED: "received", EventType.SUPPLEMENT_REQUESTED: "sup
             EventType.RESOLVED: "resolved", EventType.RESULT_RETURNED: "result_returned"}
 
 
+@contextlib.asynccontextmanager
+async def started(stack: Stack) -> AsyncIterator[Stack]:
+    try:
+        await stack.start()
+        yield stack
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
 @pytest.fixture(scope="module")
 async def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    ports = Ports(*free_ports(9))
-    # No broker or database given: the stack starts its own, so the test may stop and start them.
-    running = Stack(tmp_path_factory.mktemp("chaos"), ports=ports, simulator=False, partitions=3,
-                    bootstrap_servers="", database_url="")
-    try:
-        await running.start()
+    # Its own broker and database, so that the test may stop and start them.
+    async with started(Stack.of_its_own(tmp_path_factory.mktemp("chaos"), partitions=3)) as running:
         yield running
-    finally:
-        await asyncio.to_thread(running.stop)
 
 
 @pytest.fixture(scope="module")
 async def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    home = tmp_path_factory.mktemp("cluster")
-    numbers = free_ports(9 + 6)
-    running = Stack(home, ports=Ports(*numbers[:9]), simulator=False, partitions=3, bootstrap_servers="",
-                    database_url="", kafka=LocalKafkaCluster(home / "kafka", numbers[9:]))
-    try:
-        await running.start()
+    async with started(Stack.of_its_own(tmp_path_factory.mktemp("cluster"), brokers=3, partitions=3)) as running:
         yield running
-    finally:
-        await asyncio.to_thread(running.stop)
 
 
 @dataclass
