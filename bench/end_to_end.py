@@ -50,7 +50,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench import pipeline_floor
+from bench import logic_floor, pipeline_floor
 from bench.metrics_memory import percentile
 from bench.plot import plot
 from bench.processes import ProcessWatch, database_backends, postmaster_pid
@@ -67,6 +67,7 @@ TERMINAL = {t.cloudevents_type for t in (EventType.RESOLVED, EventType.REJECTED,
 RECEIVED = EventType.RECEIVED.cloudevents_type
 FLOOR_TOPIC = "bench.floor.v1"
 FLOOR_SAMPLE = 100_000
+LOGIC_SAMPLE = 30_000
 
 
 class LaneSimulator(Simulator):
@@ -170,6 +171,19 @@ def scan_metrics(text: str, probe_unit: str) -> tuple[int, int, int]:
 def scan_judged(text: str) -> int:
     return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
                if line.startswith("tthc_resolution_events_total{"))
+
+
+WAITING = ("queued", "sending", "temporary-failure")
+
+
+def deliveries(text: str) -> dict[str, int]:
+    """Notify's messages by delivery status, all channels summed, from its exposition."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("tthc_notification_deliveries{"):
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            found[status] = found.get(status, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return found
 
 
 def counter(text: str, name: str) -> dict[str, float]:
@@ -422,6 +436,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 task.cancel()
             processes.sample()
             processes.rename(await database_backends(stack.database_url))
+            notifications = deliveries((await watcher.get(f"http://127.0.0.1:{stack.ports.notify}/metrics")).text)
             intake_text = (await watcher.get(f"http://127.0.0.1:{stack.ports.intake}/metrics")).text
             resolution_text = (await watcher.get(f"http://127.0.0.1:{stack.ports.resolution}/metrics")).text
         if producer is not None:
@@ -444,6 +459,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                                                   if name in ("kafka", "postgres")},
                                                 replication=stack.replicas)
         floor_rates["pipeline_events_per_s"] = pipeline["events_per_s"]
+        print("measuring the logic's floor on the same payloads ...", file=sys.stderr, flush=True)
+        logic = logic_floor.measure([payload for _, payload in run.tally.payloads[:LOGIC_SAMPLE]])
         used = processes.report(wall)
         e2e_rate = run.observed.judged / wall if wall else float("nan")
         return {
@@ -471,10 +488,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "latency_s": {**latency_summary(latencies), "sent": len(run.probes_sent), "poll_interval": 0.05},
             "latency_after_warmup_s": {**latency_summary(steady), "warmup_s": args.warmup},
             "latency_legs_s": legs,
+            "notifications_at_end": notifications,
             "processes": used,
             "floor": floor_rates,
             "pipeline_floor": pipeline,
-            "cpu_us_per_event": cpu_by_part(processes.cpu_seconds(), run.observed.judged, pipeline),
+            "logic_floor": logic,
+            "cpu_us_per_event": cpu_by_part(processes.cpu_seconds(), run.observed.judged, pipeline, logic),
             "ratios": {f"end_to_end / {name}": round(e2e_rate / value, 3)
                        for name, value in floor_rates.items() if name != "records" and value},
             "timeline": run.timeline,
@@ -539,9 +558,11 @@ async def probe_legs(bootstrap: str, probes: dict[str, tuple[float, float]], acc
 PARTS = ("intake", "resolution", "metrics", "notify")
 
 
-def cpu_by_part(cpu_seconds: dict[str, float], events: int, pipeline: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """CPU per event of each part of the stack, in this run and in the pipeline's floor: each service with
-    its PostgreSQL backends, the broker, the rest of PostgreSQL, and what sends the load."""
+def cpu_by_part(cpu_seconds: dict[str, float], events: int, pipeline: dict[str, Any],
+                logic: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """CPU per event of each part of the stack, in this run, in the pipeline's floor and in the logic's floor:
+    each service with its PostgreSQL backends, the broker, the rest of PostgreSQL, and what sends the load.
+    What a service spent beyond both floors is its glue."""
     def parts(us: dict[str, float], prefix: str, load: tuple[str, ...]) -> dict[str, float]:
         out = {part: us.get(f"{prefix}{part}", 0.0) + us.get(f"postgres: {prefix}{part}", 0.0) for part in PARTS}
         out["kafka"] = us.get("kafka", 0.0)
@@ -554,7 +575,11 @@ def cpu_by_part(cpu_seconds: dict[str, float], events: int, pipeline: dict[str, 
     run = parts({name: 1e6 * value / events for name, value in cpu_seconds.items()} if events else {}, "",
                 ("load generator (this bench)", "sinks"))
     floor = parts(pipeline["cpu_us_per_event"], "floor ", ("floor source",))
-    return {part: {"end_to_end": round(run[part], 1), "pipeline_floor": round(floor[part], 1)} for part in run}
+    own = {part: logic["cpu_us_per_event"].get(part, 0.0) for part in run if part != "total"}
+    own["total"] = sum(own.values())
+    return {part: {"end_to_end": round(run[part], 1), "pipeline_floor": round(floor[part], 1),
+                   "logic_floor": round(own[part], 1), "glue": round(run[part] - floor[part] - own[part], 1)}
+            for part in run}
 
 
 def latency_summary(latencies: list[float]) -> dict[str, float | None]:
@@ -593,6 +618,10 @@ def markdown(result: dict[str, Any]) -> str:
     for leg, summary in result.get("latency_legs_s", {}).items():
         lines.append(f"| … of which {leg}, p50 / p95 / p99 / max | "
                      f"{summary['p50']} / {summary['p95']} / {summary['p99']} / {summary['max']} s |")
+    if (sent := result.get("notifications_at_end")) is not None:
+        lines.append(f"| citizens' messages when the counters caught up: delivered / waiting (providers' rate "
+                     f"limits as set) | {sent.get('delivered', 0):,} / "
+                     f"{sum(sent.get(status, 0) for status in WAITING):,} |")
     for name, value in result["floor"].items():
         if name != "records":
             lines.append(f"| floor: {name.replace('_', ' ')} | {value:,} |")
@@ -601,9 +630,15 @@ def markdown(result: dict[str, Any]) -> str:
     pipeline = result["pipeline_floor"]
     lines += ["", f"Pipeline floor (bench/pipeline_floor.py, the same payloads): {pipeline['events_per_s']:,} "
               f"events/s, {pipeline['cores']} cores.", "",
-              "| CPU per event (µs) | this run | pipeline floor |", "|---|---|---|"]
-    for part, pair in result["cpu_us_per_event"].items():
-        lines.append(f"| {part} | {pair['end_to_end']} | {pair['pipeline_floor']} |")
+              "| CPU per event (µs) | this run | pipeline floor | logic floor | beyond both (glue) |",
+              "|---|---|---|---|---|"]
+    for part, four in result["cpu_us_per_event"].items():
+        lines.append(f"| {part} | {four['end_to_end']} | {four['pipeline_floor']} | {four.get('logic_floor', '')} | "
+                     f"{four.get('glue', '')} |")
+    if (logic := result.get("logic_floor")) is not None:
+        lines += ["", f"Logic floor (bench/logic_floor.py, the first {logic['events']:,} of the same events): "
+                  f"{logic['cpu_us_per_event_total']} µs per event; building each of the {logic['messages']:,} "
+                  f"messages they owe, {logic['cpu_us_per_message_built']} µs."]
     lines += ["", "| process | CPU s | cores | peak RSS MiB |", "|---|---|---|---|"]
     for name, used in result["processes"].items():
         lines.append(f"| {name} | {used['cpu_seconds']} | {used['cores']} | {used['peak_rss_mib']} |")

@@ -146,7 +146,7 @@ async def record_lifecycle(conn: Connection, events: list[tuple[int, DossierLife
             "open_kind = EXCLUDED.open_kind, due_at = EXCLUDED.due_at, due_soon_at = EXCLUDED.due_soon_at, "
             "received_on = EXCLUDED.received_on, completed_on = EXCLUDED.completed_on, "
             "timeliness = EXCLUDED.timeliness, received_at = EXCLUDED.received_at",
-            *columns(_progress_row(event, part, kind) for event, part, kind in latest.values()),
+            *columns(progress_row(event, part, kind) for event, part, kind in latest.values()),
         )
     if deltas:
         await conn.execute(
@@ -159,7 +159,7 @@ async def record_lifecycle(conn: Connection, events: list[tuple[int, DossierLife
     return Applied(deltas, list(latest.values()))
 
 
-def _progress_row(event: DossierLifecycleEvent, part: int, kind: str | None) -> tuple[Any, ...]:
+def progress_row(event: DossierLifecycleEvent, part: int, kind: str | None) -> tuple[Any, ...]:
     completed_on = event.completed_at.astimezone(VN).date() if event.completed_at else None
     return (event.dossier_code, part, event.sequence, event.unit_code, event.sector, event.channel, kind,
             event.legal_due_at, event.due_soon_at if kind else None, event.received_at.astimezone(VN).date(),
