@@ -196,7 +196,7 @@ class Stages:
                       "opt_out_url": "https://x.vn/o"}
             subject, body = render(template, channel, filled)
             if channel == "email":
-                mail("Một cửa <mot-cua@example.vn>", applicant["email"], subject, body, f"<{code}@x.vn>").as_bytes()
+                mail("Một cửa <mot-cua@example.vn>", applicant["email"], subject, body, f"<{code}@x.vn>")
             elif channel != WEBHOOK:
                 json.dumps({"phone": applicant["phone"], "text": body, "template": template}, ensure_ascii=False)
 

@@ -100,10 +100,34 @@ def test_an_email_reads_back_exactly_in_any_mail_reader() -> None:
     body = "Kính gửi ông/bà Nguyễn Thị Ánh Tuyết,\n\nTrung tâm Phục vụ hành chính công đã tiếp nhận hồ sơ.\n"
     sender = "Trung tâm Phục vụ hành chính công <khong-tra-loi@tthc.gov.vn>"
     long_id = "<000.00.24.07420-260210-TS000123/000.00.24.07420-260210-TS000123+1/email@tthc.gov.vn>"
-    raw = mail(sender, "tuyet@example.vn", subject, body, long_id).as_bytes()
+    raw = mail(sender, "tuyet@example.vn", subject, body, long_id)
     assert raw.isascii()  # headers as encoded words and the body base64: any relay carries it
+    assert b"\n" not in raw.replace(b"\r\n", b"")  # SMTP's line ends only
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
     read = message_from_bytes(raw, policy=policy.default)
     assert isinstance(read, EmailMessage)
+    assert not read.defects
     assert (read["Subject"], read["From"], read["To"], read["Message-ID"]) == (
         subject, sender, "tuyet@example.vn", long_id)
+    assert read["Date"].datetime is not None
     assert read.get_content() == body
+
+
+@pytest.mark.parametrize("subject", [
+    "Hồ sơ đã được tiếp nhận",  # one encoded word
+    "Đ" * 22 + "ữ" * 40,  # the first word ends inside a three-byte character, the rest on their edges
+    "Ho so 000.00.24.07420-260210-0001 da duoc tiep nhan",  # plain ASCII stays as it is
+])
+def test_every_subject_reads_back_whole(subject: str) -> None:
+    raw = mail("Một cửa <mot-cua@example.vn>", "a@example.vn", subject, "Nội dung\n", "<id@tthc.gov.vn>")
+
+    read = message_from_bytes(raw, policy=policy.default)
+
+    assert read["Subject"] == subject
+    assert read["From"] == "Một cửa <mot-cua@example.vn>"
+
+
+@pytest.mark.parametrize("to", ["a@example.vn\r\nBcc: b@example.vn", "ánh@example.vn"])
+def test_an_address_that_cannot_go_in_a_header_as_it_is_is_refused(to: str) -> None:
+    with pytest.raises(ValueError, match="cannot go in a header"):
+        mail("Một cửa <mot-cua@example.vn>", to, "Tiêu đề", "Nội dung\n", "<id@tthc.gov.vn>")
