@@ -50,6 +50,7 @@ bench: setup
 	@$(VENV)/bin/python -m bench.notify_delivery
 	@$(VENV)/bin/python -m bench.pipeline_floor --dossiers 40000 --instances 2
 	@$(VENV)/bin/python -m bench.end_to_end --rate 1000 --seconds 60
+	@$(VENV)/bin/python -m bench.end_to_end --max --seconds 60
 
 # Fault injection for longer: every service SIGKILLed in turn, the broker and PostgreSQL restarted, round after
 # round under load for TTHC_SOAK_SECONDS (default 600), then the same reconciliation as the suite's chaos test;
