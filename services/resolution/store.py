@@ -10,7 +10,7 @@ import asyncpg
 
 from services.resolution.judge import Verdicts
 from shared.contract.lifecycle import EventAccepted
-from shared.db import Connection
+from shared.db import Connection, columns
 from shared.dossier import Dossier, TimelineEntry
 
 SCHEMA = "resolution"
@@ -116,11 +116,16 @@ async def write(conn: Connection, verdicts: Verdicts, now: datetime,
     (`as_received`, by source and id) rather than serialising it again."""
     received = as_received or {}
     if verdicts.dossiers:
-        await conn.executemany(
+        # One statement rather than one per dossier, as the pipeline's floor writes them (each code appears
+        # once: `dossiers` is keyed by it).
+        await conn.execute(
             f"INSERT INTO {SCHEMA}.dossiers (code, state, unit_code, snapshot, updated_at) "
-            "VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT (code) DO UPDATE SET state = EXCLUDED.state, "
-            "unit_code = EXCLUDED.unit_code, snapshot = EXCLUDED.snapshot, updated_at = EXCLUDED.updated_at",
-            [(d.code, d.state.value, d.unit_code, d.snapshot_json(), now) for d in verdicts.dossiers.values()],
+            "SELECT code, state, unit_code, snapshot::jsonb, $5 "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(code, state, unit_code, snapshot) "
+            "ON CONFLICT (code) DO UPDATE SET state = EXCLUDED.state, unit_code = EXCLUDED.unit_code, "
+            "snapshot = EXCLUDED.snapshot, updated_at = EXCLUDED.updated_at",
+            *columns((d.code, d.state.value, d.unit_code, d.snapshot_json()) for d in verdicts.dossiers.values()),
+            now,
         )
     await write_timeline(conn, verdicts.timeline, replacing=verdicts.refolded)
     # COPY rather than INSERTs: one stream instead of a statement per row, for this process and for PostgreSQL.
