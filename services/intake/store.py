@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from shared.contract.rejections import RejectionRecorded
-from shared.db import Connection
+from shared.db import Connection, columns
 
 SCHEMA = "intake"
 
@@ -62,7 +62,8 @@ async def dossier_units(conn: Connection, codes: list[str]) -> dict[str, str]:
 
 async def record_units(conn: Connection, rows: list[tuple[str, str]]) -> None:
     if rows:
-        await conn.executemany(f"INSERT INTO {SCHEMA}.dossier_units VALUES ($1, $2) ON CONFLICT DO NOTHING", rows)
+        await conn.execute(f"INSERT INTO {SCHEMA}.dossier_units SELECT * FROM unnest($1::text[], $2::text[]) "
+                           "ON CONFLICT DO NOTHING", *columns(rows))
 
 
 async def audit(conn: Connection, refusals: list[RejectionRecorded], key_id: str | None) -> None:
