@@ -69,6 +69,8 @@ RECEIVED = EventType.RECEIVED.cloudevents_type
 FLOOR_TOPIC = "bench.floor.v1"
 FLOOR_SAMPLE = 100_000
 LOGIC_SAMPLE = 30_000
+TARGET_RATE = 5_000
+"""Events a second end to end that DESIGN §5 asks of two cores."""
 
 
 class LaneSimulator(Simulator):
@@ -230,13 +232,12 @@ class Run:
                         [sign(self.stack.api_key, payload) for payload in payloads] if kafka else None)
 
     def prepare(self, number: int, catalog: Catalog, kafka: bool) -> Iterator[Batch]:
-        """A rate run's batches made before its clock starts, so that the load generator's CPU during the run is
-        sending, not simulating and encoding (two fifths of it in a profile), on the same two cores as the stack;
-        a `--max` run's are made as they go."""
+        """The lane's batches made before the clock starts, so that the load generator's CPU during the run is
+        sending, not simulating and encoding (two fifths of it in a profile), on the same two cores as the stack:
+        a rate run's all of them, a `--max` run's as many as DESIGN §5's rate would send in the run (about 2 KB
+        of memory an event), then made as they go."""
         made = self.batches(number, catalog, kafka, datetime.now(UTC))
-        if not self.rate:
-            return made
-        ahead = math.ceil(self.seconds * self.rate / self.lanes / self.batch) + 1
+        ahead = math.ceil(self.seconds * (self.rate or TARGET_RATE) / self.lanes / self.batch) + 1
         return itertools.chain(list(itertools.islice(made, ahead)), made)
 
     async def lane(self, batches: Iterator[Batch], client: httpx.AsyncClient,
