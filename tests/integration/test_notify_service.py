@@ -137,11 +137,11 @@ async def env(infra: Infra, database_url: str, data_keys: str, providers: Provid
 class Dossier:
     """Publishes a dossier's canonical lifecycle events as resolution would."""
 
-    def __init__(self, data_keys: str, notify_via: list[str]) -> None:
+    def __init__(self, data_keys: str, notify_via: list[str], email: str = "hong.nhung@example.vn") -> None:
         self.code = dossier_code()
         self.notify_via = notify_via
-        applicant = {"full_name": "Trần Thị Hồng Nhung", "id_number": "001203004567",
-                     "email": "hong.nhung@example.vn", "phone": "0987654321"}
+        applicant = {"full_name": "Trần Thị Hồng Nhung", "id_number": "001203004567", "email": email,
+                     "phone": "0987654321"}
         self.sealed = Keyring.parse(data_keys).seal(json.dumps(applicant).encode(), self.code)
         self.sequence = 0
 
@@ -261,6 +261,32 @@ async def test_the_survey_link_takes_one_answer_per_dossier_and_counts_it_across
     async with env.notify() as restarted:  # counts come from the database, not from the process
         scraped = (await restarted.get("/metrics")).text
         assert metric(scraped, "tthc_satisfaction_answers_total", unit=UNIT.code, rating="satisfied") == 1
+
+
+async def test_an_internationalised_address_goes_through_a_relay_that_takes_smtputf8_and_waits_for_one(
+        env: Env, tmp_path: Path) -> None:
+    address = "hồng.nhung@thư-viện.vn"
+    taken = Dossier(env.data_keys, ["email"], email=address)
+    async with env.notify() as notify:  # the providers' relay takes SMTPUTF8
+        await publish(env.infra, taken.event(EventType.RECEIVED))
+        await settled(notify, taken.code, 1)
+    [mail] = env.providers.mails(taken.code)
+    assert mail["to"] == address
+    assert "Trần Thị Hồng Nhung" in mail["body"]
+
+    ascii_relay = Controller(MailDirHandler(tmp_path / "ascii-mail"), hostname="127.0.0.1", port=free_port(),
+                             enable_SMTPUTF8=False)
+    ascii_relay.start()
+    try:
+        refused = Dossier(env.data_keys, ["email"], email=address)
+        async with env.notify(smtp_port=ascii_relay.port) as notify:
+            await publish(env.infra, refused.event(EventType.RECEIVED))
+            # Refused like any provider's refusal: retried, not dropped.
+            [row] = await settled(notify, refused.code, 1, done=lambda r: r["attempts"] >= 2)
+        assert row["status"] in ("temporary-failure", "queued", "sending")
+        assert read_mail(tmp_path / "ascii-mail") == []
+    finally:
+        ascii_relay.stop()
 
 
 async def test_opt_out_stops_optional_notices_and_never_those_the_law_requires(env: Env) -> None:

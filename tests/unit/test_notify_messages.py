@@ -127,7 +127,21 @@ def test_every_subject_reads_back_whole(subject: str) -> None:
     assert read["From"] == "Một cửa <mot-cua@example.vn>"
 
 
-@pytest.mark.parametrize("to", ["a@example.vn\r\nBcc: b@example.vn", "ánh@example.vn"])
-def test_an_address_that_cannot_go_in_a_header_as_it_is_is_refused(to: str) -> None:
+def test_an_internationalised_address_goes_as_utf8_and_only_it() -> None:
+    raw = mail("Một cửa <mot-cua@example.vn>", "ánh@thư.vn", "Tiêu đề", "Nội dung\n", "<id@tthc.gov.vn>")
+
+    read = message_from_bytes(raw, policy=policy.default)
+
+    assert read["To"] == "ánh@thư.vn"
+    assert (read["Subject"], read.get_content()) == ("Tiêu đề", "Nội dung\n")
+    assert raw.replace("ánh@thư.vn".encode(), b"").isascii()
+
+
+@pytest.mark.parametrize(("to", "message_id"), [
+    ("a@example.vn\r\nBcc: b@example.vn", "<id@tthc.gov.vn>"),
+    ("a@example.vn", "<id@tthc.gov.vn>\nBcc: b@example.vn"),
+    ("a@example.vn", "<mã@tthc.gov.vn>"),
+])
+def test_an_address_or_id_that_cannot_go_in_a_header_as_it_is_is_refused(to: str, message_id: str) -> None:
     with pytest.raises(ValueError, match="cannot go in a header"):
-        mail("Một cửa <mot-cua@example.vn>", to, "Tiêu đề", "Nội dung\n", "<id@tthc.gov.vn>")
+        mail("Một cửa <mot-cua@example.vn>", to, "Tiêu đề", "Nội dung\n", message_id)
