@@ -130,7 +130,7 @@ class Stages:
         current = self.reference
         verdicts = judge(fresh, dossiers, {code: self.histories.get(code, []) for code in late},
                          catalog=current.catalog, clock_for=current.clock_for, now=self.now)
-        # What resolution's writes encode: snapshots, timeline rows, history rows (each event as received).
+        # What resolution's writes encode: snapshots and timeline rows (history rows keep each event's bytes).
         [(d.code, d.state.value, d.unit_code, d.snapshot_json(), self.now) for d in verdicts.dossiers.values()]
         [(code, e.sequence, e.event_type.value, e.occurred_at, e.state.value, e.due_at, e.clock_change)
          for code, timeline in verdicts.timeline.items() for e in timeline]
