@@ -7,14 +7,18 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
+import uvicorn
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.catalog import Catalog
 from shared.contract.events import EventType, schema_uri
+from shared.infra.ports import free_port
 from shared.simulator import SOURCE
 
 VN = timezone(timedelta(hours=7))
@@ -64,6 +68,24 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 
             return last
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value {last!r}")
+
+
+@asynccontextmanager
+async def served(app: FastAPI, what: str = "the local server") -> AsyncIterator[str]:
+    """`app` listening on a free local port, in this event loop, until the block ends: its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return bool(server.started)
+
+    try:
+        await eventually(started, 30, what=f"{what} listening")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:

@@ -3,16 +3,13 @@ real sockets, as the services serve it."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Query, Response
 
 from bench.end_to_end import Scraper
-from shared.infra.ports import free_port
-from tests.support import eventually
+from tests.support import served
 
 pytestmark = pytest.mark.integration
 
@@ -32,28 +29,19 @@ async def test_the_scraper_keeps_one_connection_and_says_when_there_is_no_exposi
         peers.append((request.client.host, request.client.port))
         return await call_next(request)
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-
-    async def started() -> bool | None:
-        return server.started or None
-
-    await eventually(started, timeout=30, what="uvicorn listening")
-    scraper = Scraper(port)
-    try:
-        assert await scraper.get("a_total", "b_total") == "a_total 1.0\nb_total 1.0\n"
-        assert await scraper.get("a_total") == "a_total 1.0\n"
-        assert len(set(peers)) == 1  # both over one connection
-        answers["status"] = 503
-        with pytest.raises(ConnectionError, match="503"):
-            await scraper.get("a_total")
-        answers["status"] = 200
-        assert await scraper.get("a_total") == "a_total 1.0\n"  # a new connection after the failure
-        assert len(set(peers)) == 2
-    finally:
-        await scraper.close()
-        server.should_exit = True
-        await serving
+    async with served(app, "uvicorn") as base:
+        scraper = Scraper(int(base.rsplit(":", 1)[1]))
+        try:
+            assert await scraper.get("a_total", "b_total") == "a_total 1.0\nb_total 1.0\n"
+            assert await scraper.get("a_total") == "a_total 1.0\n"
+            assert len(set(peers)) == 1  # both over one connection
+            answers["status"] = 503
+            with pytest.raises(ConnectionError, match="503"):
+                await scraper.get("a_total")
+            answers["status"] = 200
+            assert await scraper.get("a_total") == "a_total 1.0\n"  # a new connection after the failure
+            assert len(set(peers)) == 2
+        finally:
+            await scraper.close()
     with pytest.raises(ConnectionError, match="no exposition"):
         await scraper.get("a_total")  # nobody listens any more

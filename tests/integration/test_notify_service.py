@@ -3,7 +3,6 @@ the gateway stand-in (shared/infra/sinks.py) for SMS and Zalo, made to fail, tim
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re
@@ -18,7 +17,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiosmtpd.controller import Controller
 
@@ -32,7 +30,7 @@ from shared.infra.ports import free_port
 from shared.infra.sinks import MailDirHandler, gateway_app, read_mail
 from tests.conftest import Infra
 from tests.integration.test_services import in_process
-from tests.support import PROCEDURE, UNIT, dossier_code, eventually
+from tests.support import PROCEDURE, UNIT, dossier_code, eventually, served
 
 pytestmark = pytest.mark.integration
 NOTIFY = "http://notify"
@@ -67,21 +65,12 @@ class Providers:
 async def providers(tmp_path: Path) -> AsyncIterator[Providers]:
     smtp = Controller(MailDirHandler(tmp_path / "mail"), hostname="127.0.0.1", port=free_port())
     smtp.start()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(gateway_app(tmp_path), host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
     try:
-        await eventually(lambda: _true(server.started), 30, what="the gateway stand-in listening")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        async with served(gateway_app(tmp_path), "the gateway stand-in") as base, \
+                httpx.AsyncClient(base_url=base, timeout=30) as http:
             yield Providers(tmp_path, smtp.port, http)
     finally:
-        server.should_exit = True
-        await serving
         smtp.stop()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def start_at_end(bootstrap: str, group: str) -> None:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -24,39 +22,20 @@ from services.notify.app import build_app
 from services.notify.settings import NotifySettings
 from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent, DossierState
-from shared.infra.ports import free_port
 from shared.infra.sinks import gateway_app, read_webhooks
 from tests.conftest import Infra
 from tests.integration.test_notify_service import publish, start_at_end, statuses
 from tests.integration.test_services import in_process
-from tests.support import PROCEDURE, UNIT, dossier_code, eventually
+from tests.support import PROCEDURE, UNIT, dossier_code, eventually, served
 
 pytestmark = pytest.mark.integration
 SECRET = "commune-webhook-secret"
 
 
-@asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[str]:
-    """`app` listening on a local port, in this event loop: its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return bool(server.started)
-
-    try:
-        await eventually(started, 30, what="the commune-system stand-in listening")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
-
-
 @pytest.fixture
 async def commune(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
     """The sinks' HTTP stand-in, playing the commune's system at /webhook: (its folder, its base URL)."""
-    async with served(gateway_app(tmp_path)) as base:
+    async with served(gateway_app(tmp_path), "the commune-system stand-in") as base:
         yield tmp_path, base
 
 
@@ -216,7 +195,7 @@ async def test_an_alert_whose_dossier_closes_while_it_is_being_sent_is_not_sent_
                                         "AND sequence >= $2", code, sequence))
 
     try:
-        async with served(system) as base, \
+        async with served(system, "the unit's system") as base, \
                 in_process(build_app(notify_settings(infra, database_url, data_keys, group, base)), "notify"):
             dossier = Clock()
             due = datetime.now(UTC) + timedelta(hours=1)
