@@ -182,10 +182,9 @@ WAITING = ("queued", "sending", "temporary-failure")
 def deliveries(text: str) -> dict[str, int]:
     """Notify's messages by delivery status, all channels summed, from its exposition."""
     found: dict[str, int] = {}
-    for line in text.splitlines():
-        if line.startswith("tthc_notification_deliveries{"):
-            status = line.split('status="', 1)[1].split('"', 1)[0]
-            found[status] = found.get(status, 0) + int(float(line.rsplit(" ", 1)[1]))
+    for sample, value in counter(text, "tthc_notification_deliveries").items():
+        status = sample.split('status="', 1)[1].split('"', 1)[0]
+        found[status] = found.get(status, 0) + int(value)
     return found
 
 

@@ -169,20 +169,20 @@ class Stages:
         events = [DossierLifecycleEvent.model_validate_json(payload) for payload in raw]
         procedures = self.reference.catalog.procedures
         newest: dict[str, DossierLifecycleEvent] = {}
+        names: dict[str, str] = {}
         messages = []
         for event in events:
             if event.event_type is EventType.RECEIVED and event.applicant_sealed:
                 self.contacts[event.dossier_code] = event.applicant_sealed
             procedure = procedures.get(event.procedure_code)
-            name = procedure.name_vi if procedure else event.procedure_code
+            names[event.dossier_code] = name = procedure.name_vi if procedure else event.procedure_code
             for item in owed(event, event.notify_via, name, "https://dichvucong.example.vn/tra-cuu"):
                 messages.append((event.dossier_code, item.template, item.channel,
                                  json.dumps(item.context, ensure_ascii=False)))
             if event.sequence > getattr(newest.get(event.dossier_code), "sequence", 0):
                 newest[event.dossier_code] = event
-        for event in newest.values():
-            procedure = procedures.get(event.procedure_code)
-            plan = due.plan(event, self.now, procedure.name_vi if procedure else event.procedure_code)
+        for code, event in newest.items():
+            plan = due.plan(event, self.now, names[code])
             if plan.schedule is not None:
                 json.dumps(plan.schedule.context, ensure_ascii=False)
         return messages
