@@ -139,7 +139,7 @@ class Stack:
         if self.kafka is None:
             self.bootstrap_servers = self.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
             if not self.bootstrap_servers:
-                self.kafka = LocalKafka(self.run_dir / "kafka", self.ports.kafka, self.ports.controller)
+                self.kafka = local_brokers(self.run_dir / "kafka", [self.ports.kafka, self.ports.controller])
         if self.kafka is not None:
             self.kafka.start()
         self.database_url = self.database_url or os.environ.get("DATABASE_URL", "")
