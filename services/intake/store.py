@@ -10,10 +10,10 @@ from shared.db import Connection, columns
 SCHEMA = "intake"
 
 
-# One primary-key lookup per key, whatever the planner believes of the table. Joined with the keys instead, the
-# statement gets a plan cached for the connection, and one made while the table was nearly empty (a fresh
-# deployment's first seconds) goes on reading the whole table as it grows, until an ANALYZE replans it
-# (tests/integration/test_dedupe_plans.py). OFFSET 0 keeps the lookup its own step, run once per key.
+# One primary-key lookup per key. Joined with the keys instead, the plan may hash them and read the whole table,
+# which the planner prefers while the table is small. OFFSET 0 keeps the lookup its own step, run once per key;
+# planned at each run (shared/db.py, PLANS), it is an index lookup as soon as the table outgrows a page or two
+# (tests/integration/test_keyed_plans.py).
 ALREADY_ACCEPTED = (
     "SELECT k.source, k.event_id, r.dossier_code FROM unnest($1::text[], $2::text[]) AS k(source, event_id) "
     f"CROSS JOIN LATERAL (SELECT dossier_code FROM {SCHEMA}.received_events r "

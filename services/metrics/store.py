@@ -18,6 +18,15 @@ from shared.db import Connection, columns
 SCHEMA = "metrics"
 OPEN_CHUNK = 10_000
 
+# Each dossier's row found by its key and locked, in the order of the codes given ($1, sorted: two batches lock
+# shared rows in the same order). A lookup per key, as intake's dedupe (services/intake/store.py says why): as
+# `code = ANY($1)` the plan read the whole table for every batch.
+LAST_SEQUENCES = (
+    "SELECT p.code, p.last_sequence FROM unnest($1::text[]) AS k(code) "
+    f"CROSS JOIN LATERAL (SELECT code, last_sequence FROM {SCHEMA}.dossier_progress p WHERE p.code = k.code "
+    "FOR UPDATE) AS p"
+)
+
 
 class OwnershipMoved(Exception):
     """A batch holds records of a partition this instance no longer owns: nothing is written, and the records
@@ -120,9 +129,7 @@ class Applied:
 
 async def record_lifecycle(conn: Connection, events: list[tuple[int, DossierLifecycleEvent]]) -> Applied:
     """Count each event once: a repeat (sequence not above the dossier's last) changes nothing."""
-    codes = sorted({event.dossier_code for _, event in events})
-    rows = await conn.fetch(f"SELECT code, last_sequence FROM {SCHEMA}.dossier_progress "
-                            "WHERE code = ANY($1::text[]) ORDER BY code FOR UPDATE", codes)
+    rows = await conn.fetch(LAST_SEQUENCES, sorted({event.dossier_code for _, event in events}))
     last = {row["code"]: row["last_sequence"] for row in rows}
     deltas: dict[CounterKey, float] = {}
     latest: dict[str, tuple[DossierLifecycleEvent, int, str | None]] = {}

@@ -27,6 +27,16 @@ JUDGED_KEYS = (
 )
 
 
+# Each dossier found by its key and locked, in the order of the codes given (sorted by the caller), with its
+# snapshot only if it changed since `written_at`: a lookup per key, as the dedupe's.
+LOCK_DOSSIERS = (
+    "SELECT d.code, CASE WHEN d.updated_at = k.written_at THEN NULL ELSE d.snapshot END AS snapshot "
+    "FROM unnest($1::text[], $2::timestamptz[]) AS k(code, written_at) "
+    f"CROSS JOIN LATERAL (SELECT code, snapshot, updated_at FROM {SCHEMA}.dossiers d WHERE d.code = k.code "
+    "FOR UPDATE) AS d"
+)
+
+
 async def judged_keys(conn: Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
     rows = await conn.fetch(JUDGED_KEYS, [key[0] for key in keys], [key[1] for key in keys])
     return {(row["source"], row["event_id"]) for row in rows}
@@ -73,13 +83,8 @@ class DossierCache:
 
 async def lock_dossiers(conn: Connection, codes: list[str], cache: DossierCache) -> tuple[dict[str, Dossier], int]:
     """The dossiers' current states, row-locked until the batch commits (another instance waits), and how many
-    came from `cache` unchanged."""
-    rows = await conn.fetch(
-        f"SELECT d.code, CASE WHEN d.updated_at = k.written_at THEN NULL ELSE d.snapshot END AS snapshot "
-        f"FROM {SCHEMA}.dossiers d JOIN unnest($1::text[], $2::timestamptz[]) AS k (code, written_at) "
-        "USING (code) ORDER BY d.code FOR UPDATE OF d",
-        codes, [cache.written_at(code) for code in codes],
-    )
+    came from `cache` unchanged. `codes` sorted, so that two batches lock shared dossiers in the same order."""
+    rows = await conn.fetch(LOCK_DOSSIERS, codes, [cache.written_at(code) for code in codes])
     found: dict[str, Dossier] = {}
     from_cache = 0
     evicted: list[str] = []  # unchanged, but pushed out of the cache by a concurrent batch meanwhile
