@@ -62,6 +62,7 @@ from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
 from shared.contract.events import EventType, schema_uri
 from shared.infra.stack import Stack
+from shared.kafka import send_batched
 from shared.simulator import SOURCE, Simulator
 
 TERMINAL = {t.cloudevents_type for t in (EventType.RESOLVED, EventType.REJECTED, EventType.WITHDRAWN)}
@@ -252,11 +253,10 @@ class Run:
             now = time.perf_counter()
             self.tally.first_send = self.tally.first_send or now
             if producer is not None:
-                futures = [await producer.send(topics.INGRESS, payload, key=str(event["subject"]).encode(),
-                                               headers=headers)
-                           for event, payload, headers in zip(events, payloads, batch.signatures or (),
-                                                              strict=True)]
-                await asyncio.gather(*futures)
+                # As a commune's system would send a batch: record batches built at once, not a send per event.
+                await (await send_batched(producer, [(topics.INGRESS, str(event["subject"]).encode(), payload)
+                                                     for event, payload in zip(events, payloads, strict=True)],
+                                          batch.signatures or ()))
                 self.tally.sent_kafka += len(events)
                 counted = {str(event["id"]) for event in events}
             else:

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
@@ -166,11 +166,14 @@ def partition_by_key(key: bytes | None, all_partitions: list[int], available: li
 
 Message = tuple[str, bytes | None, bytes]
 """(topic, key, value) of a record to produce."""
+NO_HEADERS: list[tuple[str, bytes]] = []  # aiokafka's record batches take headers as a list, and only read it
 
 
-async def send_batched(producer: AIOKafkaProducer, messages: Iterable[Message]) -> Awaitable[Any]:
+async def send_batched(producer: AIOKafkaProducer, messages: Iterable[Message],
+                       headers: Sequence[list[tuple[str, bytes]]] = ()) -> Awaitable[Any]:
     """Hands `messages` to `producer` as record batches built here, one per partition (more when one fills),
-    in their order within each partition. The returned awaitable completes when Kafka has them all.
+    in their order within each partition, each with its `headers` (by position; none if not given). The
+    returned awaitable completes when Kafka has them all.
 
     aiokafka's `send` spends tens of microseconds of Python on each record (a partition lookup, a future, the
     accumulator's bookkeeping); appending to a batch costs a fraction of that, and at thousands of records
@@ -178,18 +181,19 @@ async def send_batched(producer: AIOKafkaProducer, messages: Iterable[Message]) 
     partitions_of: dict[str, list[int]] = {}
     open_batches: dict[tuple[str, int], Any] = {}
     delivered: list[Awaitable[Any]] = []
-    for topic, key, value in messages:
+    for index, (topic, key, value) in enumerate(messages):
         partitions = partitions_of.get(topic)
         if partitions is None:
             partitions = partitions_of[topic] = sorted(await producer.partitions_for(topic))
         partition = partition_by_key(key, partitions, partitions)
+        record_headers = headers[index] if headers else NO_HEADERS
         batch = open_batches.get((topic, partition))
-        if batch is None or batch.append(timestamp=None, key=key, value=value) is None:
+        if batch is None or batch.append(timestamp=None, key=key, value=value, headers=record_headers) is None:
             if batch is not None:  # full: it goes now, and the record starts the partition's next batch
                 delivered.append(await producer.send_batch(batch, topic, partition=partition))
             # A fresh batch takes its first record whatever its size (the broker judges a record too large).
             batch = open_batches[(topic, partition)] = producer.create_batch()
-            batch.append(timestamp=None, key=key, value=value)
+            batch.append(timestamp=None, key=key, value=value, headers=record_headers)
     for (topic, partition), batch in open_batches.items():
         delivered.append(await producer.send_batch(batch, topic, partition=partition))
     return asyncio.gather(*delivered)

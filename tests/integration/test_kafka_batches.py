@@ -1,5 +1,5 @@
-"""`send_batched` against the real broker: every record lands once, on the partition Kafka's default
-partitioner gives its key, in the order sent within each key, however many batches it takes."""
+"""`send_batched` against the real broker: every record lands once, with its headers, on the partition Kafka's
+default partitioner gives its key, in the order sent within each key, however many batches it takes."""
 
 from __future__ import annotations
 
@@ -26,21 +26,22 @@ async def test_records_sent_in_batches_arrive_once_in_order_on_their_keys_partit
     sent: list[Message] = [(names[n % 2], f"dossier-{n % 40}".encode(), f"{n:06d}".encode() + b"x" * 300)
                            for n in range(3000)]
     sent.append((names[0], None, b"no key"))
+    headers = [[("n", str(n).encode())] * (n % 3) for n in range(len(sent))]  # none, one or two each
     try:
-        await (await send_batched(producer, sent))
+        await (await send_batched(producer, sent, headers))
     finally:
         await producer.stop()
 
     consumer = AIOKafkaConsumer(*names, bootstrap_servers=infra.bootstrap_servers, auto_offset_reset="earliest",
                                 group_id=None)
     await consumer.start()
-    received: dict[tuple[str, bytes | None], list[bytes]] = defaultdict(list)
+    received: dict[tuple[str, bytes | None], list[tuple[bytes, list[tuple[str, bytes]]]]] = defaultdict(list)
     partitions: dict[tuple[str, bytes | None], set[int]] = defaultdict(set)
     try:
         async def all_in() -> bool:
             for tp, batch in (await consumer.getmany(timeout_ms=300)).items():
                 for record in batch:
-                    received[(tp.topic, record.key)].append(record.value or b"")
+                    received[(tp.topic, record.key)].append((record.value or b"", list(record.headers)))
                     partitions[(tp.topic, record.key)].add(tp.partition)
             return sum(map(len, received.values())) >= len(sent)
 
@@ -48,9 +49,9 @@ async def test_records_sent_in_batches_arrive_once_in_order_on_their_keys_partit
     finally:
         await consumer.stop()
 
-    expected: dict[tuple[str, bytes | None], list[bytes]] = defaultdict(list)
-    for topic, key, value in sent:
-        expected[(topic, key)].append(value)
+    expected: dict[tuple[str, bytes | None], list[tuple[bytes, list[tuple[str, bytes]]]]] = defaultdict(list)
+    for (topic, key, value), record_headers in zip(sent, headers, strict=True):
+        expected[(topic, key)].append((value, record_headers))
     assert received == expected  # each exactly once, and in the order sent within each key
     for (_topic, keyed), seen_on in partitions.items():
         if keyed is not None:
