@@ -54,9 +54,15 @@ async def record_accepted(
     return {(row["source"], row["event_id"]) for row in inserted}
 
 
+# The unit each dossier was received at, looked up key by key as the dedupe is.
+DOSSIER_UNITS = (
+    "SELECT u.dossier_code, u.unit_code FROM unnest($1::text[]) AS k(code) CROSS JOIN LATERAL (SELECT "
+    f"dossier_code, unit_code FROM {SCHEMA}.dossier_units u WHERE u.dossier_code = k.code OFFSET 0) AS u"
+)
+
+
 async def dossier_units(conn: Connection, codes: list[str]) -> dict[str, str]:
-    rows = await conn.fetch(f"SELECT dossier_code, unit_code FROM {SCHEMA}.dossier_units "
-                            "WHERE dossier_code = ANY($1::text[])", codes)
+    rows = await conn.fetch(DOSSIER_UNITS, codes)
     return {row["dossier_code"]: row["unit_code"] for row in rows}
 
 

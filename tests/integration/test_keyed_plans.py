@@ -1,5 +1,6 @@
-"""The reads each batch makes by key (intake's and resolution's dedupe, resolution's and metrics' locks on the
-batch's dossiers) go through the table's index however small the table was when the statement was first run.
+"""The reads each batch makes by key (intake's and resolution's dedupe, intake's units of the batch's dossiers,
+resolution's and metrics' locks on them) go through the table's index however small the table was when the
+statement was first run.
 
 A fresh deployment's tables grow from nothing, and autovacuum analyzes them early and then seldom. A
 connection keeps a statement's plan after its fifth run, until the next ANALYZE: one made on a table of a few
@@ -56,6 +57,11 @@ READS = {
         f"INSERT INTO {intake_store.SCHEMA}.received_events SELECT '{SOURCE}', 'e' || n, 'code-' || n, now() "
         "FROM generate_series($1::int, $2::int) AS n",
         intake_store.ALREADY_ACCEPTED, event_keys, "event_id"),
+    "intake's dossier units": KeyedRead(
+        intake_store.SCHEMA, "dossier_units", INTAKE_MIGRATIONS,
+        f"INSERT INTO {intake_store.SCHEMA}.dossier_units SELECT 'code-' || n, 'u' "
+        "FROM generate_series($1::int, $2::int) AS n",
+        intake_store.DOSSIER_UNITS, lambda numbers: ([f"code-{n}" for n in numbers],), "dossier_code"),
     "resolution's dedupe": KeyedRead(
         resolution_store.SCHEMA, "events", RESOLUTION_MIGRATIONS,
         f"INSERT INTO {resolution_store.SCHEMA}.events SELECT '{SOURCE}', 'e' || n, 'code-' || n, 1, now(), '{{}}', "
