@@ -3,11 +3,13 @@
 One relay publishes at a time (an advisory lock), so per-dossier order on Kafka is commit order. A crash
 between the send and the delete publishes the rows again; consumers dedupe on the canonical event id.
 
-Every take starts at the head of the outbox's index, where the rows taken before lie dead until a vacuum
-removes them, and each take walks past all of them. Autovacuum comes at most once a minute, and at a thousand
-events a second a minute is sixty thousand dead rows for every take to walk, so the relay vacuums the outbox
-itself every `vacuum_every` rows it has taken (in a simulation of 60,000 rows taken fifty at a time, the
-relay's database backend used 0.9-1.1 s of CPU doing so, against 2.8-3.6 s without).
+Each take starts after the last row the relay took, not at the head of the outbox's index. The rows taken before
+lie dead there until a vacuum removes them, and a vacuum cannot while any snapshot older than their deletion
+lives: a backup, a long report, an idle transaction in someone's session. Taken from the head, every take walked
+all of them. With a snapshot held through a run as fast as intake takes, the relay fell behind at about 600
+events a second and resolution's PostgreSQL spent three times its CPU (docs/performance.md, fourteenth series).
+Starting after the last row is exact because outbox rows are numbered in commit order
+(services/resolution/store.py, OUTBOX_WRITER_LOCK): no row can appear behind one already taken.
 """
 
 from __future__ import annotations
@@ -27,19 +29,23 @@ from shared.kafka import send_batched
 log = logging.getLogger(__name__)
 RELAY_LOCK = 0x7474_6863  # "tthc": one relay across every resolution instance
 
+# Up to $1 rows after row $2, oldest first. The rows are found by their ids in the index: as a join (`id IN
+# (SELECT …)`), the plan read the whole outbox to delete them once the table had few rows by its statistics.
+TAKE = (f"DELETE FROM {SCHEMA}.outbox WHERE id = ANY(ARRAY(SELECT id FROM {SCHEMA}.outbox WHERE id > $2 "
+        "ORDER BY id LIMIT $1)) RETURNING id, topic, key, payload")
+
 
 class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, registry: CollectorRegistry,
-                 batch: int = 1000, idle_poll: float = 0.5, vacuum_every: int = 10_000) -> None:
+                 batch: int = 1000, idle_poll: float = 0.5) -> None:
         self.pool = pool
         self.producer = producer
         self.batch = batch
         self.idle_poll = idle_poll
-        self.vacuum_every = vacuum_every
-        self._taken_since_vacuum = 0
+        self.taken_up_to = 0
+        """The id of the last row this relay took (0 before its first take: then it starts at the head)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._vacuum: asyncio.Task[None] | None = None
         self.published = Counter("tthc_outbox_published_total", "Outbox rows published to Kafka", ["topic"],
                                  registry=registry)
         self.pending = Gauge("tthc_outbox_pending", "Outbox rows not yet published", registry=registry)
@@ -48,11 +54,10 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
-        for task in (self._task, self._vacuum):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _run(self) -> None:
         while True:
@@ -89,29 +94,14 @@ class OutboxRelay:
         # Taken out of the outbox and sent in one transaction: if the send fails, the rollback puts the rows
         # back; if this process dies after the send, they were never deleted and go again (consumers dedupe).
         async with self.pool.acquire() as conn, conn.transaction():
-            taken = await conn.fetch(
-                f"DELETE FROM {SCHEMA}.outbox WHERE id IN (SELECT id FROM {SCHEMA}.outbox ORDER BY id LIMIT $1) "
-                "RETURNING id, topic, key, payload", self.batch,
-            )
+            taken = await conn.fetch(TAKE, self.batch, self.taken_up_to)
             if not taken:
                 self.pending.set(0)
                 return 0
             rows = sorted(taken, key=lambda row: row["id"])  # RETURNING keeps no order; Kafka gets commit order
             await (await send_batched(self.producer, [
                 (row["topic"], row["key"].encode() if row["key"] else None, row["payload"]) for row in rows]))
+        self.taken_up_to = rows[-1]["id"]
         for topic, count in Tally(row["topic"] for row in rows).items():
             self.published.labels(topic).inc(count)
-        self._taken_since_vacuum += len(rows)
-        if self._taken_since_vacuum >= self.vacuum_every and (self._vacuum is None or self._vacuum.done()):
-            self._taken_since_vacuum = 0
-            # Beside the relay rather than in its way: a vacuum waits for no take or insert and holds none up (the
-            # exclusive lock it may take to cut the table's empty end is given up as soon as anyone waits).
-            self._vacuum = asyncio.create_task(self._vacuum_outbox(), name="outbox-vacuum")
         return len(rows)
-
-    async def _vacuum_outbox(self) -> None:
-        # A failure costs only this pass: autovacuum still comes, and the next threshold tries again.
-        try:
-            await self.pool.execute(f"VACUUM {SCHEMA}.outbox")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            log.warning("vacuuming the outbox failed: %s", error)

@@ -17,6 +17,9 @@ SCHEMA = "resolution"
 OUTBOX_CHANNEL = "resolution_outbox"
 EVENT_COLUMNS = ("source", "event_id", "dossier_code", "sequence", "occurred_at", "payload", "refusal", "recorded_at")
 OUTBOX_COLUMNS = ("topic", "key", "payload")
+OUTBOX_WRITER_LOCK = 0x7474_686F
+"""Held by the one transaction at a time that writes outbox rows, from its first row until it commits: the rows'
+ids then follow commit order, so the relay takes what follows the last row it took (services/resolution/relay.py)."""
 
 
 # A primary-key lookup per key, as intake's (services/intake/store.py says why it is not a join).
@@ -143,6 +146,11 @@ async def write(conn: Connection, verdicts: Verdicts, now: datetime,
                      for e, sequence, refusal in verdicts.recorded],
         )
     if verdicts.outbox:
+        if not conn.is_in_transaction():
+            raise RuntimeError("outbox rows are written in the transaction of the state they announce")
+        # Without the lock, two batches committing at once could number their rows in the other order, and the
+        # relay, already past the later numbers, would never take the earlier ones.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", OUTBOX_WRITER_LOCK)
         await conn.copy_records_to_table("outbox", schema_name=SCHEMA, columns=OUTBOX_COLUMNS,
                                          records=verdicts.outbox)
         await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
