@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.resolution.store import OUTBOX_CHANNEL, SCHEMA
+from shared.db import Connection
 from shared.kafka import send_batched
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class OutboxRelay:
         """The id of the last row this relay took (0 before its first take: then it starts at the head)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.published = Counter("tthc_outbox_published_total", "Outbox rows published to Kafka", ["topic"],
                                  registry=registry)
         self.pending = Gauge("tthc_outbox_pending", "Outbox rows not yet published", registry=registry)
@@ -54,25 +56,35 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
+        # Said as well as cancelled: Python 3.11's wait_for drops a cancel that lands as its wait ends, and the
+        # relay would go on waiting.
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
-                async with self.pool.acquire() as listener:
-                    await listener.add_listener(OUTBOX_CHANNEL, self._notified)
+                async with self.pool.acquire() as session:
+                    await session.add_listener(OUTBOX_CHANNEL, self._notified)
                     # Another instance relays; poll for its lock so this one takes over when it goes.
-                    while not await listener.fetchval(  # noqa: ASYNC110
+                    while not await session.fetchval(  # noqa: ASYNC110
                             "SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                         await asyncio.sleep(1.0)
                     try:
-                        await self._drain_forever()
+                        # From the head again: another instance may have relayed meanwhile, or the database may
+                        # be back from a backup and numbering rows from below where this relay was.
+                        self.taken_up_to = 0
+                        await self._drain_forever(session)
                     finally:
-                        await listener.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
-                        await listener.remove_listener(OUTBOX_CHANNEL, self._notified)
+                        # The connection may be gone, and the lock with it; an error here must not hide why the
+                        # relay stopped (a cancel, above all: stop() waits for it).
+                        with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                            await session.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+                            await session.remove_listener(OUTBOX_CHANNEL, self._notified)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -82,18 +94,25 @@ class OutboxRelay:
     def _notified(self, *_: object) -> None:
         self._wake.set()
 
-    async def _drain_forever(self) -> None:
-        while True:
+    async def _drain_forever(self, session: Connection) -> None:
+        # Every take runs on the session that holds the relay's lock: if the connection goes, so does the lock,
+        # and the take fails instead of going on beside another instance's relay.
+        while not self._stopping:
             self._wake.clear()
-            while await self.publish_once():
+            while await self._publish(session):
                 pass
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.idle_poll)
 
     async def publish_once(self) -> int:
+        """One take, on a connection of the pool (the running relay takes on its lock's session instead)."""
+        async with self.pool.acquire() as conn:
+            return await self._publish(conn)
+
+    async def _publish(self, conn: Connection) -> int:
         # Taken out of the outbox and sent in one transaction: if the send fails, the rollback puts the rows
         # back; if this process dies after the send, they were never deleted and go again (consumers dedupe).
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with conn.transaction():
             taken = await conn.fetch(TAKE, self.batch, self.taken_up_to)
             if not taken:
                 self.pending.set(0)

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from services.resolution import store
 from services.resolution.app import MIGRATIONS
 from services.resolution.judge import Verdicts
-from services.resolution.relay import TAKE, OutboxRelay
+from services.resolution.relay import RELAY_LOCK, TAKE, OutboxRelay
 from services.resolution.store import SCHEMA
 from shared.db import create_pool, migrate
 from shared.kafka import ensure_topics, make_producer
@@ -149,3 +149,54 @@ async def test_outbox_rows_are_written_only_inside_a_transaction(pool: asyncpg.P
         with pytest.raises(RuntimeError, match="transaction"):
             await store.write(conn, Verdicts(outbox=[("t", "k", b"v")]), datetime.now(UTC))
     assert await pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.outbox") == 0
+
+
+async def test_after_losing_its_database_the_relay_starts_at_the_head_again(
+        infra: Infra, database_url: str, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+    topic = await topic_of_its_own(infra)
+    relays_pool = await create_pool(database_url, application_name="relay under test")
+    relay = OutboxRelay(relays_pool, producer, CollectorRegistry(), idle_poll=0.1)
+
+    async def put(first: int, count: int) -> None:
+        await pool.executemany(f"INSERT INTO {SCHEMA}.outbox (topic, key, payload) VALUES ($1, 'd', $2)",
+                               [(topic, str(n).encode()) for n in range(first, first + count)])
+
+    async def outbox_empty() -> bool:
+        return bool(await pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.outbox") == 0)
+
+    relay.start()
+    try:
+        await put(0, 5)
+        await eventually(outbox_empty, timeout=30, what="the first rows published")
+        # The database comes back from a backup taken before those rows: it numbers new rows from 1 again.
+        await pool.execute(f"ALTER SEQUENCE {SCHEMA}.outbox_id_seq RESTART")
+        await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE application_name = 'relay under test'")
+        await put(5, 5)
+        await eventually(outbox_empty, timeout=30, what="the rows numbered again published")
+    finally:
+        await relay.stop()
+        await relays_pool.close()
+    assert await published(infra, topic, 10) == [str(n).encode() for n in range(10)]
+
+
+async def test_the_relay_stops_when_asked_even_after_its_connection_is_gone(
+        database_url: str, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+    relays_pool = await create_pool(database_url, application_name="relay under test")
+    relay = OutboxRelay(relays_pool, producer, CollectorRegistry(), idle_poll=600)  # waits for a notification
+
+    async def relaying() -> bool:
+        return bool(await pool.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                        "AND objid = $1", RELAY_LOCK))
+
+    relay.start()
+    try:
+        await eventually(relaying, timeout=30, what="the relay holding its lock")
+        await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE application_name = 'relay under test'")
+        # Giving up the lock on the lost connection fails; the stop must still go through.
+        stopping = asyncio.create_task(relay.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=30)
+        assert done, "the relay did not stop"
+    finally:
+        await relays_pool.close()
