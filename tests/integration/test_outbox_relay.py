@@ -1,6 +1,8 @@
 """The outbox relay against the real broker and database: what it takes reaches Kafka in commit order; each take
 starts after the last row taken, so rows deleted before cost nothing even while a snapshot keeps a vacuum from
-removing them; and batches committing at once number their rows in commit order, so none is passed over."""
+removing them; batches committing at once number their rows in commit order, so none is passed over; and a
+relay that loses its connection starts at the head again, and stops when asked.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +66,12 @@ async def published(infra: Infra, topic: str, count: int) -> list[bytes]:
         await consumer.stop()
 
 
+async def put(pool: asyncpg.Pool, topic: str, first: int, count: int) -> None:
+    """Outbox rows for `topic` whose payloads count from `first`, as if resolution had written them."""
+    await pool.executemany(f"INSERT INTO {SCHEMA}.outbox (topic, key, payload) VALUES ($1, 'd', $2)",
+                           [(topic, str(n).encode()) for n in range(first, first + count)])
+
+
 async def take_plan(pool: asyncpg.Pool, rows: int, after: int) -> str:
     """How the relay's take runs to take `rows` rows after row `after` (rolled back: nothing is taken)."""
     async with pool.acquire() as conn:
@@ -85,10 +93,6 @@ async def test_each_take_starts_after_the_last_row_taken_even_while_a_snapshot_k
     topic = await topic_of_its_own(infra)
     relay = OutboxRelay(pool, producer, CollectorRegistry(), batch=1000)
 
-    async def put(first: int, count: int) -> None:
-        await pool.executemany(f"INSERT INTO {SCHEMA}.outbox (topic, key, payload) VALUES ($1, 'd', $2)",
-                               [(topic, str(n).encode()) for n in range(first, first + count)])
-
     # A snapshot older than every take, as a backup's or a forgotten session's: nothing deleted now can be
     # vacuumed away, nor marked dead in the index, until it ends.
     async with pool.acquire() as holder:
@@ -96,9 +100,9 @@ async def test_each_take_starts_after_the_last_row_taken_even_while_a_snapshot_k
         await snapshot.start()
         try:
             await holder.fetchval("SELECT count(*) FROM pg_class")
-            await put(0, 3000)
+            await put(pool, topic, 0, 3000)
             assert [await relay.publish_once() for _ in range(4)] == [1000, 1000, 1000, 0]
-            await put(3000, 10)
+            await put(pool, topic, 3000, 10)
             from_the_last = await take_plan(pool, 10, relay.taken_up_to)
             assert "Seq Scan" not in from_the_last, from_the_last
             assert rows_visited(from_the_last) <= 20, from_the_last
@@ -157,22 +161,18 @@ async def test_after_losing_its_database_the_relay_starts_at_the_head_again(
     relays_pool = await create_pool(database_url, application_name="relay under test")
     relay = OutboxRelay(relays_pool, producer, CollectorRegistry(), idle_poll=0.1)
 
-    async def put(first: int, count: int) -> None:
-        await pool.executemany(f"INSERT INTO {SCHEMA}.outbox (topic, key, payload) VALUES ($1, 'd', $2)",
-                               [(topic, str(n).encode()) for n in range(first, first + count)])
-
     async def outbox_empty() -> bool:
         return bool(await pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.outbox") == 0)
 
     relay.start()
     try:
-        await put(0, 5)
+        await put(pool, topic, 0, 5)
         await eventually(outbox_empty, timeout=30, what="the first rows published")
         # The database comes back from a backup taken before those rows: it numbers new rows from 1 again.
         await pool.execute(f"ALTER SEQUENCE {SCHEMA}.outbox_id_seq RESTART")
         await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                            "WHERE application_name = 'relay under test'")
-        await put(5, 5)
+        await put(pool, topic, 5, 5)
         await eventually(outbox_empty, timeout=30, what="the rows numbered again published")
     finally:
         await relay.stop()
@@ -199,4 +199,4 @@ async def test_the_relay_stops_when_asked_even_after_its_connection_is_gone(
         done, _ = await asyncio.wait({stopping}, timeout=30)
         assert done, "the relay did not stop"
     finally:
-        await relays_pool.close()
+        relays_pool.terminate()  # closing would wait for a relay that did not stop
