@@ -8,8 +8,8 @@ moves records; this one says how fast the design's own I/O can go on this machin
 - `intake` consumes it, records each event for dedupe (one row) and produces it to the accepted topic;
 - `resolution` consumes that and in one transaction upserts each dossier's snapshot (the record as its
   `jsonb`), copies each event into the history, adds its timeline row and copies it into the outbox, then
-  takes the outbox rows out
-  (`DELETE … RETURNING`) and produces them to the lifecycle topic;
+  takes the outbox rows after the last one it took out (`DELETE … RETURNING`) and produces them to the
+  lifecycle topic;
 - `metrics` and `notify` each consume the lifecycle topic: metrics upserts each dossier's progress row and its
   partition's counter, notify inserts one delivery per event;
 - every consumer commits its offsets after each batch, as FastStream does.
@@ -50,6 +50,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from bench.infra import infrastructure
 from bench.processes import ProcessWatch, database_backends
 from bench.resolution_throughput import RESULTS, lifecycles
+from services.resolution.store import OUTBOX_WRITER_LOCK
 from shared.crypto import Keyring, new_key_spec
 from shared.db import create_pool, migrate
 from shared.infra.paths import PROJECT_ROOT
@@ -61,6 +62,8 @@ STAGES = {"intake": (INGRESS, ACCEPTED), "resolution": (ACCEPTED, LIFECYCLE), "m
           "notify": (LIFECYCLE, None)}
 SOURCE_CHUNK = 1000
 BATCH = 2000
+RELAYED = {"up to": 0}
+"""The last outbox id this process took: its relay starts after it, as the service's does."""
 Handler = Callable[[str, asyncpg.Pool, AIOKafkaProducer | None, list[ConsumerRecord[bytes, bytes]]],
                    Awaitable[None]]
 
@@ -106,16 +109,20 @@ async def resolution(run: str, pool: asyncpg.Pool, producer: AIOKafkaProducer | 
         await conn.copy_records_to_table(
             "timeline", schema_name=where,
             records=[(_code(r), r.offset, "received", now, "received", now, None) for r in records])
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", OUTBOX_WRITER_LOCK)  # ids in commit order
         await conn.copy_records_to_table("outbox", schema_name=where, columns=("topic", "key", "payload"),
                                          records=[(topic(run, LIFECYCLE), _code(r), r.value) for r in records])
     taken = BATCH
     while taken == BATCH:  # the relay, until the outbox is empty: other instances' rows are in it too
         async with pool.acquire() as conn, conn.transaction():
             rows = sorted(await conn.fetch(
-                f"DELETE FROM {where}.outbox WHERE id IN (SELECT id FROM {where}.outbox ORDER BY id LIMIT $1) "
-                "RETURNING id, topic, key, payload", BATCH), key=lambda row: row["id"])
+                f"DELETE FROM {where}.outbox WHERE id = ANY(ARRAY(SELECT id FROM {where}.outbox WHERE id > $2 "
+                "ORDER BY id LIMIT $1)) RETURNING id, topic, key, payload", BATCH, RELAYED["up to"]),
+                key=lambda row: row["id"])
             await (await send_batched(producer, [(row["topic"], row["key"].encode(), row["payload"])
                                                  for row in rows]))
+        if rows:
+            RELAYED["up to"] = rows[-1]["id"]
         taken = len(rows)
 
 
