@@ -50,7 +50,8 @@ class OutboxRelay:
         self._stopping = False
         self.published = Counter("tthc_outbox_published_total", "Outbox rows published to Kafka", ["topic"],
                                  registry=registry)
-        self.pending = Gauge("tthc_outbox_pending", "Outbox rows not yet published", registry=registry)
+        self.pending = Gauge("tthc_outbox_pending", "Outbox rows not yet published (every instance counts them all)",
+                             registry=registry)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -104,6 +105,11 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.idle_poll)
 
+    async def count_pending(self) -> None:
+        """The rows waiting in the outbox, into the gauge: read when scraped, as counting them on every take would
+        cost a scan of the backlog each time."""
+        self.pending.set(await self.pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.outbox"))
+
     async def publish_once(self) -> int:
         """One take, on a connection of the pool (the running relay takes on its lock's session instead)."""
         async with self.pool.acquire() as conn:
@@ -115,7 +121,6 @@ class OutboxRelay:
         async with conn.transaction():
             taken = await conn.fetch(TAKE, self.batch, self.taken_up_to)
             if not taken:
-                self.pending.set(0)
                 return 0
             rows = sorted(taken, key=lambda row: row["id"])  # RETURNING keeps no order; Kafka gets commit order
             await (await send_batched(self.producer, [

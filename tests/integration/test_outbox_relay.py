@@ -200,3 +200,16 @@ async def test_the_relay_stops_when_asked_even_after_its_connection_is_gone(
         assert done, "the relay did not stop"
     finally:
         relays_pool.terminate()  # closing would wait for a relay that did not stop
+
+
+async def test_the_relay_counts_the_rows_waiting_when_asked(
+        infra: Infra, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+    topic = await topic_of_its_own(infra)
+    registry = CollectorRegistry()
+    relay = OutboxRelay(pool, producer, registry, batch=5)
+    await put(pool, topic, 0, 7)
+    await relay.count_pending()
+    assert registry.get_sample_value("tthc_outbox_pending") == 7
+    assert await relay.publish_once() == 5
+    await relay.count_pending()
+    assert registry.get_sample_value("tthc_outbox_pending") == 2

@@ -137,6 +137,28 @@ async def resolution(infra: Infra, database_url: str, data_keys: str) -> AsyncIt
         yield client
 
 
+async def test_resolution_reports_the_outbox_rows_waiting_while_its_relay_is_off(
+        infra: Infra, database_url: str, data_keys: str) -> None:
+    settings = ResolutionSettings.model_validate({**service_env(infra, database_url, data_keys),
+                                                  "relay_enabled": False})
+    code = dossier_code()
+    async with in_process(build_resolution(settings), "resolution") as client:
+        producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.ACCEPTED, accepted(EventType.RECEIVED, code, received_data()),
+                                         key=code.encode())
+        finally:
+            await producer.stop()
+
+        async def waiting() -> float:
+            scraped = await client.get("/metrics", params={"name[]": "tthc_outbox_pending"})
+            return metric_total(scraped.text, "tthc_outbox_pending")
+
+        # The event judged, its lifecycle event waits in the outbox (other tests' events may wait there too).
+        assert await eventually(waiting, timeout=60, what="the outbox rows counted") >= 1
+
+
 def accepted(kind: EventType, code: str, data: dict[str, Any], **extra: Any) -> bytes:
     event = cloudevent(kind, code, data, **extra)
     data = dict(event["data"])
