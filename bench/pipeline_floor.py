@@ -50,6 +50,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from bench.infra import infrastructure
 from bench.processes import ProcessWatch, database_backends
 from bench.resolution_throughput import RESULTS, lifecycles
+from services.resolution.relay import TAKE_FROM
 from services.resolution.store import OUTBOX_WRITER_LOCK
 from shared.crypto import Keyring, new_key_spec
 from shared.db import create_pool, migrate
@@ -115,10 +116,8 @@ async def resolution(run: str, pool: asyncpg.Pool, producer: AIOKafkaProducer | 
     taken = BATCH
     while taken == BATCH:  # the relay, until the outbox is empty: other instances' rows are in it too
         async with pool.acquire() as conn, conn.transaction():
-            rows = sorted(await conn.fetch(
-                f"DELETE FROM {where}.outbox WHERE id = ANY(ARRAY(SELECT id FROM {where}.outbox WHERE id > $2 "
-                "ORDER BY id LIMIT $1)) RETURNING id, topic, key, payload", BATCH, RELAYED["up to"]),
-                key=lambda row: row["id"])
+            rows = sorted(await conn.fetch(TAKE_FROM.format(schema=where), BATCH, RELAYED["up to"]),
+                          key=lambda row: row["id"])
             await (await send_batched(producer, [(row["topic"], row["key"].encode(), row["payload"])
                                                  for row in rows]))
         if rows:

@@ -32,8 +32,9 @@ RELAY_LOCK = 0x7474_6863  # "tthc": one relay across every resolution instance
 
 # Up to $1 rows after row $2, oldest first. The rows are found by their ids in the index: as a join (`id IN
 # (SELECT …)`), the plan read the whole outbox to delete them once the table had few rows by its statistics.
-TAKE = (f"DELETE FROM {SCHEMA}.outbox WHERE id = ANY(ARRAY(SELECT id FROM {SCHEMA}.outbox WHERE id > $2 "
-        "ORDER BY id LIMIT $1)) RETURNING id, topic, key, payload")
+TAKE_FROM = ("DELETE FROM {schema}.outbox WHERE id = ANY(ARRAY(SELECT id FROM {schema}.outbox WHERE id > $2 "
+             "ORDER BY id LIMIT $1)) RETURNING id, topic, key, payload")
+TAKE = TAKE_FROM.format(schema=SCHEMA)
 
 
 class OutboxRelay:
