@@ -83,6 +83,15 @@ async def take_plan(pool: asyncpg.Pool, rows: int, after: int) -> str:
             await transaction.rollback()
 
 
+RELAYS_CONNECTIONS = "relay under test"
+"""The application name of the connections of a relay whose database a test takes away."""
+
+
+async def cut_off_the_relay(pool: asyncpg.Pool) -> None:
+    await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                       RELAYS_CONNECTIONS)
+
+
 def rows_visited(plan: str) -> int:
     """Rows the take's index scan looked at in the table, dead ones included."""
     return sum(int(count) for count in re.findall(r"Heap Fetches: (\d+)", plan))
@@ -158,7 +167,7 @@ async def test_outbox_rows_are_written_only_inside_a_transaction(pool: asyncpg.P
 async def test_after_losing_its_database_the_relay_starts_at_the_head_again(
         infra: Infra, database_url: str, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
     topic = await topic_of_its_own(infra)
-    relays_pool = await create_pool(database_url, application_name="relay under test")
+    relays_pool = await create_pool(database_url, application_name=RELAYS_CONNECTIONS)
     relay = OutboxRelay(relays_pool, producer, CollectorRegistry(), idle_poll=0.1)
 
     async def outbox_empty() -> bool:
@@ -170,8 +179,7 @@ async def test_after_losing_its_database_the_relay_starts_at_the_head_again(
         await eventually(outbox_empty, timeout=30, what="the first rows published")
         # The database comes back from a backup taken before those rows: it numbers new rows from 1 again.
         await pool.execute(f"ALTER SEQUENCE {SCHEMA}.outbox_id_seq RESTART")
-        await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE application_name = 'relay under test'")
+        await cut_off_the_relay(pool)
         await put(pool, topic, 5, 5)
         await eventually(outbox_empty, timeout=30, what="the rows numbered again published")
     finally:
@@ -182,7 +190,7 @@ async def test_after_losing_its_database_the_relay_starts_at_the_head_again(
 
 async def test_the_relay_stops_when_asked_even_after_its_connection_is_gone(
         database_url: str, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
-    relays_pool = await create_pool(database_url, application_name="relay under test")
+    relays_pool = await create_pool(database_url, application_name=RELAYS_CONNECTIONS)
     relay = OutboxRelay(relays_pool, producer, CollectorRegistry(), idle_poll=600)  # waits for a notification
 
     async def relaying() -> bool:
@@ -192,8 +200,7 @@ async def test_the_relay_stops_when_asked_even_after_its_connection_is_gone(
     relay.start()
     try:
         await eventually(relaying, timeout=30, what="the relay holding its lock")
-        await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE application_name = 'relay under test'")
+        await cut_off_the_relay(pool)
         # Giving up the lock on the lost connection fails; the stop must still go through.
         stopping = asyncio.create_task(relay.stop())
         done, _ = await asyncio.wait({stopping}, timeout=30)
