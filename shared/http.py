@@ -20,6 +20,8 @@ from shared.reference import ReferenceCollector, ReferenceSource
 from shared.settings import CommonSettings
 
 Hook = Callable[[], Awaitable[None]]
+ScrapeHook = Callable[[frozenset[str] | None], Awaitable[None]]
+"""Called before `/metrics` exports, with the sample names the scrape asks for (None: all of them)."""
 
 
 def metrics_registry() -> CollectorRegistry:
@@ -40,6 +42,10 @@ async def _nothing() -> None:
     return None
 
 
+async def _nothing_to_refresh(_: frozenset[str] | None) -> None:
+    return None
+
+
 def service_app(
     *,
     title: str,
@@ -51,12 +57,14 @@ def service_app(
     reference: ReferenceSource | None = None,
     on_start: Hook = _nothing,
     on_stop: Hook = _nothing,
+    before_scrape: ScrapeHook = _nothing_to_refresh,
     exports: Sequence[WritesItsText] = (),
 ) -> FastAPI:
     """A FastAPI app whose lifespan makes sure the topics exist, opens and migrates the service's schema, starts
     the service's own resources, then its broker; and stops them in reverse (the broker first, so in-flight
     handlers finish while the database is still there). Ready while the database answers. /metrics exports the
-    registry, then `exports` (families that write their own text, kept out of the registry)."""
+    registry, then `exports` (families that write their own text, kept out of the registry), after
+    `before_scrape` has brought up to date the values read from elsewhere that the scrape asks for."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -96,8 +104,9 @@ def service_app(
     async def metrics(names: Annotated[list[str] | None, Query(alias="name[]")] = None) -> Response:
         # `?name[]=family_total` exports only those samples, as Prometheus' own handler allows: a watcher
         # polling one counter many times a second must not cost a full export each time.
-        source = registry.restricted_registry(names) if names else registry
         wanted = frozenset(names) if names else None
+        await before_scrape(wanted)
+        source = registry.restricted_registry(names) if names else registry
         written = "".join(export.exposition(wanted) for export in exports)
         return Response(generate_latest(source) + written.encode(), media_type=CONTENT_TYPE_LATEST)
 

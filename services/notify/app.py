@@ -95,16 +95,14 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
         if "deliverer" in state:
             await state["deliverer"].stop()
 
-    app = service_app(title="TTHC notify", description="Citizen notifications and their delivery status.",
-                      settings=settings, database=database, broker=broker, registry=registry, reference=reference,
-                      on_start=on_start, on_stop=on_stop)
-
-    @app.middleware("http")
-    async def fresh_values_on_scrape(request: Request, call_next: Any) -> Any:
-        if request.url.path == "/metrics" and await database.ready():
+    async def read_counts(wanted: frozenset[str] | None) -> None:
+        if (wanted is None or wanted & stats.READ_FROM_THE_SCHEMA) and await database.ready():
             async with database.pool.acquire() as conn:
                 state["snapshot"] = await stats.read(conn)
-        return await call_next(request)
+
+    app = service_app(title="TTHC notify", description="Citizen notifications and their delivery status.",
+                      settings=settings, database=database, broker=broker, registry=registry, reference=reference,
+                      on_start=on_start, on_stop=on_stop, before_scrape=read_counts)
 
     async def schedule_due_alerts(conn: Any, events: list[DossierLifecycleEvent], now: datetime,
                                   names: dict[str, str]) -> None:

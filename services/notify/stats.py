@@ -12,6 +12,11 @@ from prometheus_client.registry import Collector
 from services.notify.guard import BreakerState
 
 SCHEMA = "notify"
+DELIVERIES = "tthc_notification_deliveries"
+SURVEYS = "tthc_satisfaction_surveys"
+ANSWERS = "tthc_satisfaction_answers"
+READ_FROM_THE_SCHEMA = frozenset({DELIVERIES, f"{SURVEYS}_total", f"{ANSWERS}_total"})
+"""The samples a scrape must read the schema for; the circuits' state is the process's own."""
 
 
 class Snapshot:
@@ -63,17 +68,17 @@ class NotifyCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         snapshot = self.snapshot()
-        deliveries = GaugeMetricFamily("tthc_notification_deliveries",
+        deliveries = GaugeMetricFamily(DELIVERIES,
                                        "Messages owed to citizens, by channel and current delivery status",
                                        labels=["channel", "status"])
         for (channel, status), count in sorted(snapshot.deliveries.items()):
             deliveries.add_metric([channel, status], count)
-        invited = CounterMetricFamily("tthc_satisfaction_surveys",
+        invited = CounterMetricFamily(SURVEYS,
                                       "Satisfaction surveys offered (dossiers whose result was returned)",
                                       labels=["unit"])
         for unit, count in sorted(snapshot.invited.items()):
             invited.add_metric([unit], count)
-        answers = CounterMetricFamily("tthc_satisfaction_answers",
+        answers = CounterMetricFamily(ANSWERS,
                                       "Satisfaction survey answers (Decision 766 group 6), by unit and rating",
                                       labels=["unit", "rating"])
         for (unit, rating), count in sorted(snapshot.answers.items()):

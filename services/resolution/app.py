@@ -65,20 +65,17 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
         if "producer" in state:
             await state["producer"].stop()
 
-    app = service_app(title="TTHC resolution", description="The state of every dossier and why.",
-                      settings=settings, database=database, broker=broker, registry=registry, reference=reference,
-                      on_start=on_start, on_stop=on_stop)
-
-    @app.middleware("http")
-    async def fresh_backlog_on_scrape(request: Request, call_next: Any) -> Any:
+    async def count_backlog(wanted: frozenset[str] | None) -> None:
         # Only when the scrape asks for it: the benchmark's probe reads one family many times a second.
-        asked = request.query_params.getlist("name[]")
-        if request.url.path == "/metrics" and "relay" in state and (not asked or "tthc_outbox_pending" in asked):
+        if "relay" in state and (wanted is None or "tthc_outbox_pending" in wanted):
             try:
                 await state["relay"].count_pending()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 state["relay"].pending.set(float("nan"))  # unknown while the database is away; the scrape goes on
-        return await call_next(request)
+
+    app = service_app(title="TTHC resolution", description="The state of every dossier and why.",
+                      settings=settings, database=database, broker=broker, registry=registry, reference=reference,
+                      on_start=on_start, on_stop=on_stop, before_scrape=count_backlog)
 
     @batch_subscriber(broker, topics.ACCEPTED, group_id=settings.consumer_group, max_records=settings.max_batch,
                       consumers=settings.consumers)
