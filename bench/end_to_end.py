@@ -217,6 +217,10 @@ class Run:
     sending: bool = True
     started: float = 0.0
 
+    @property
+    def kafka_lanes(self) -> int:
+        return round(self.lanes * self.kafka_share)
+
     def event_bytes(self, event: dict[str, Any]) -> bytes:
         return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -235,9 +239,12 @@ class Run:
         """The lane's batches made before the clock starts, so that the load generator's CPU during the run is
         sending, not simulating and encoding (two fifths of it in a profile), on the same two cores as the stack:
         a rate run's all of them, a `--max` run's as many as DESIGN §5's rate would send in the run (about 2 KB
-        of memory an event), then made as they go."""
+        of memory an event), then made as they go. In a `--max` run the Kafka lanes make that many between them,
+        the HTTP lanes their share each: a Kafka lane waits for no answer, and sent three quarters or more of the
+        events alone, making most of them during the run when it had only its share."""
         made = self.batches(number, catalog, kafka, datetime.now(UTC))
-        ahead = math.ceil(self.seconds * (self.rate or TARGET_RATE) / self.lanes / self.batch) + 1
+        sharing = self.lanes if self.rate or not kafka else self.kafka_lanes
+        ahead = math.ceil(self.seconds * (self.rate or TARGET_RATE) / sharing / self.batch) + 1
         return itertools.chain(list(itertools.islice(made, ahead)), made)
 
     async def lane(self, batches: Iterator[Batch], client: httpx.AsyncClient,
@@ -401,7 +408,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             roots[pid] = "postgres"
         roots[os.getpid()] = "load generator (this bench)"
         processes = ProcessWatch(roots)
-        kafka_lanes = round(args.lanes * args.kafka_share)
+        kafka_lanes = run.kafka_lanes
         producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap_servers, linger_ms=5,
                                     enable_idempotence=True) if kafka_lanes else None
         if producer is not None:

@@ -30,7 +30,7 @@ MIDDLE = ["Văn", "Thị", "Đức", "Minh", "Thu", "Ngọc", "Quang", "Hữu"]
 GIVEN = ["An", "Bình", "Chi", "Dũng", "Hà", "Hùng", "Lan", "Mai", "Nam", "Phương", "Quân", "Thảo", "Tuấn", "Yến"]
 
 
-@dataclass
+@dataclass(eq=False)  # taken off the open list by identity: comparing fields was 1/20 of the load generator
 class Simulated:
     code: str
     unit_code: str
