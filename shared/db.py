@@ -71,6 +71,12 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: Path) -> list[str
     return applied
 
 
+OLDEST_SNAPSHOT_AGE = (
+    "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(xact_start)), 0)::float8 FROM pg_stat_activity "
+    "WHERE datname = current_database() AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()")
+"""How long the oldest transaction holding a snapshot in this database has run (0 if none)."""
+
+
 class ServiceDatabase:
     """A service's own schema: the pool is opened and migrated at start, pinged for readiness, closed at stop."""
 
@@ -97,6 +103,11 @@ class ServiceDatabase:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def oldest_snapshot_seconds(self) -> float:
+        """See OLDEST_SNAPSHOT_AGE. While that transaction lives PostgreSQL removes no row changed since it began,
+        and scans walk them. Only sessions this role may see count: others' need pg_read_all_stats."""
+        return float(await self.pool.fetchval(OLDEST_SNAPSHOT_AGE))
 
     async def ready(self) -> bool:
         if self._pool is None:

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Protocol
 
+import asyncpg
 import uvicorn
 from fastapi import FastAPI, Query, Response
 from faststream.kafka import KafkaBroker
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from shared.db import ServiceDatabase
 from shared.kafka import ensure_topics
@@ -36,6 +37,9 @@ class WritesItsText(Protocol):
     it is given (services/metrics/series.py: a large family costs a fraction of prometheus_client's formatting)."""
 
     def exposition(self, wanted: Collection[str] | None = None) -> str: ...
+
+
+SNAPSHOT_AGE = "tthc_database_oldest_snapshot_seconds"
 
 
 async def _nothing() -> None:
@@ -87,6 +91,11 @@ def service_app(
 
     if reference is not None:
         registry.register(ReferenceCollector(reference))
+    oldest_snapshot = Gauge(
+        SNAPSHOT_AGE, "Seconds the oldest transaction holding a snapshot in the service's database has run (0 if "
+        "none, NaN while the database does not answer). While it lives PostgreSQL removes no dead rows: the outbox "
+        "relay, notify's queue and hot counters slow down (a pg_dump on the primary, a long report, a session idle "
+        "in a transaction)", registry=registry)
     app = FastAPI(title=title, description=description, version="1.0", lifespan=lifespan)
 
     @app.get("/healthz", include_in_schema=False)
@@ -105,6 +114,11 @@ def service_app(
         # `?name[]=family_total` exports only those samples, as Prometheus' own handler allows: a watcher
         # polling one counter many times a second must not cost a full export each time.
         wanted = frozenset(names) if names else None
+        if wanted is None or SNAPSHOT_AGE in wanted:
+            try:
+                oldest_snapshot.set(await database.oldest_snapshot_seconds())
+            except (OSError, RuntimeError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                oldest_snapshot.set(float("nan"))
         await before_scrape(wanted)
         source = registry.restricted_registry(names) if names else registry
         written = "".join(export.exposition(wanted) for export in exports)

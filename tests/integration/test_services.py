@@ -167,6 +167,28 @@ def accepted(kind: EventType, code: str, data: dict[str, Any], **extra: Any) -> 
                          occurred_at=event["time"], accepted_at=event["time"], data=data).model_dump_json().encode()
 
 
+async def test_a_service_reports_how_long_a_snapshot_has_been_held_in_its_database(
+        resolution: httpx.AsyncClient, database_url: str) -> None:
+    async def oldest() -> float:
+        scraped = await resolution.get("/metrics", params={"name[]": "tthc_database_oldest_snapshot_seconds"})
+        return metric_total(scraped.text, "tthc_database_oldest_snapshot_seconds")
+
+    async def held_over_a_second() -> bool:
+        return await oldest() >= 1
+
+    async def none_held() -> bool:
+        return await oldest() < 1
+
+    holder = await asyncpg.connect(database_url)  # as a backup or a long report would, beside the service
+    try:
+        async with holder.transaction(isolation="repeatable_read"):
+            await holder.fetchval("SELECT 1")  # takes the transaction's snapshot, kept until it ends
+            await eventually(held_over_a_second, timeout=30, what="the held snapshot's age reported")
+        await eventually(none_held, timeout=30, what="the gauge back under a second once the snapshot is gone")
+    finally:
+        await holder.close()
+
+
 async def test_resolution_folds_dedupes_refuses_and_publishes(resolution: httpx.AsyncClient, infra: Infra) -> None:
     code = dossier_code()
     received = accepted(EventType.RECEIVED, code, received_data())
