@@ -68,7 +68,8 @@ def service_app(
     the service's own resources, then its broker; and stops them in reverse (the broker first, so in-flight
     handlers finish while the database is still there). Ready while the database answers. /metrics exports the
     registry, then `exports` (families that write their own text, kept out of the registry), after
-    `before_scrape` has brought up to date the values read from elsewhere that the scrape asks for."""
+    `before_scrape` has brought up to date the values read from elsewhere that the scrape asks for. Every service
+    exports how long the oldest snapshot in its database has been held, read when a scrape asks for it."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
