@@ -50,6 +50,15 @@ async def _nothing_to_refresh(_: frozenset[str] | None) -> None:
     return None
 
 
+async def refreshed_or_nan(gauge: Gauge, refresh: Hook) -> None:
+    """Run `refresh`, which sets `gauge` from the database; while the database cannot be asked (or the service's
+    pool is not open), the gauge says NaN, not its last value, and the scrape goes on."""
+    try:
+        await refresh()
+    except (OSError, RuntimeError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        gauge.set(float("nan"))
+
+
 def service_app(
     *,
     title: str,
@@ -97,6 +106,10 @@ def service_app(
         "none, NaN while the database does not answer). While it lives PostgreSQL removes no dead rows: the outbox "
         "relay, notify's queue and hot counters slow down (a pg_dump on the primary, a long report, a session idle "
         "in a transaction)", registry=registry)
+
+    async def read_snapshot_age() -> None:
+        oldest_snapshot.set(await database.oldest_snapshot_seconds())
+
     app = FastAPI(title=title, description=description, version="1.0", lifespan=lifespan)
 
     @app.get("/healthz", include_in_schema=False)
@@ -116,10 +129,7 @@ def service_app(
         # polling one counter many times a second must not cost a full export each time.
         wanted = frozenset(names) if names else None
         if wanted is None or SNAPSHOT_AGE in wanted:
-            try:
-                oldest_snapshot.set(await database.oldest_snapshot_seconds())
-            except (OSError, RuntimeError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                oldest_snapshot.set(float("nan"))
+            await refreshed_or_nan(oldest_snapshot, read_snapshot_age)
         await before_scrape(wanted)
         source = registry.restricted_registry(names) if names else registry
         written = "".join(export.exposition(wanted) for export in exports)

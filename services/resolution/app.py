@@ -9,7 +9,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from prometheus_client import Counter
@@ -26,7 +25,7 @@ from shared.contract.lifecycle import EventAccepted
 from shared.contract.rejections import RejectionReason, RejectionRecorded, Stage
 from shared.crypto import keyring_from_settings
 from shared.db import ServiceDatabase
-from shared.http import metrics_registry, service_app
+from shared.http import metrics_registry, refreshed_or_nan, service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import Records, batch_subscriber, make_broker, make_producer
 from shared.reference import ReferenceSource
@@ -68,10 +67,7 @@ def build_app(settings: ResolutionSettings | None = None) -> FastAPI:
     async def count_backlog(wanted: frozenset[str] | None) -> None:
         # Only when the scrape asks for it: the benchmark's probe reads one family many times a second.
         if "relay" in state and (wanted is None or "tthc_outbox_pending" in wanted):
-            try:
-                await state["relay"].count_pending()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                state["relay"].pending.set(float("nan"))  # unknown while the database is away; the scrape goes on
+            await refreshed_or_nan(state["relay"].pending, state["relay"].count_pending)
 
     app = service_app(title="TTHC resolution", description="The state of every dossier and why.",
                       settings=settings, database=database, broker=broker, registry=registry, reference=reference,
