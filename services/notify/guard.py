@@ -41,10 +41,10 @@ class TokenBucket:
         self.tokens -= count
         return True
 
-    def wait(self, now: float) -> float:
-        """Seconds until the next send may start."""
+    def wait(self, now: float, count: int = 1) -> float:
+        """Seconds until `count` sends (at most the burst) may start."""
         self._refill(now)
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+        return 0.0 if self.tokens >= count else (count - self.tokens) / self.rate
 
     def drain(self, now: float) -> None:
         """The provider said we were too fast (HTTP 429): start again from an empty bucket."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.notify.delivery import backoff
+from services.notify.delivery import BATCH, CLAIM_EVERY_SECONDS, ROUND_SECONDS, ProviderGuard, backoff
 from services.notify.guard import BreakerState, CircuitBreaker, TokenBucket
+from services.notify.settings import NotifySettings
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +81,67 @@ def test_retries_back_off_exponentially_up_to_a_ceiling() -> None:
     assert [backoff(n).total_seconds() for n in (1, 2, 3, 4)] == [2, 4, 8, 16]
     assert backoff(30).total_seconds() == 600
     assert backoff(3, base=0.5, ceiling=1.5).total_seconds() == 1.5
+
+
+def sms_guard(rate: float = 10.0, burst: int = 10) -> ProviderGuard:
+    return ProviderGuard("sms", NotifySettings(rate_per_second={"sms": rate}, rate_burst={"sms": burst}))
+
+
+def send_backlog(guard: ProviderGuard, waiting: int, now: float = 0.0) -> tuple[int, list[float]]:
+    """The deliverer's rounds for one channel on a simulated clock, as `Deliverer._run` plays them: after a round
+    that sent, the next comes a round's length later; after one that could not, when the guard says it may.
+    (claims made, when each message was sent)."""
+    claims, sent = 0, []
+    while waiting:
+        room = guard.room(now)
+        if not room:
+            now += guard.wait(now) + 1e-9
+            continue
+        got = min(room, waiting)
+        waiting -= got
+        claims += 1
+        guard.claimed(room, got)
+        for _ in range(got):
+            assert guard.bucket.take(now), "sent beyond the provider's rate"
+            sent.append(now)
+        now += ROUND_SECONDS
+    return claims, sent
+
+
+def test_a_channel_held_back_by_its_rate_is_claimed_from_in_gathered_batches_at_the_same_pace() -> None:
+    guard = sms_guard()
+    claims, sent = send_backlog(guard, 200)
+    # The burst, then one claim per half second of rate (5 messages) rather than one per message.
+    assert claims <= 1 + (200 - 10) / 5
+    ideal = (200 - 10) / 10  # the burst at once, the rest at 10 a second
+    assert ideal <= sent[-1] <= ideal + CLAIM_EVERY_SECONDS
+
+
+def test_after_a_backlog_a_message_waits_at_most_the_gathering_time() -> None:
+    guard = sms_guard()
+    _, sent = send_backlog(guard, 30)  # its last claim took all it asked for, emptying the bucket
+    last = sent[-1]
+    assert guard.held_back
+    assert guard.wait(last) == pytest.approx(CLAIM_EVERY_SECONDS)
+    claims, sent = send_backlog(guard, 1, now=last + ROUND_SECONDS)
+    assert claims == 1
+    assert sent[0] == pytest.approx(last + CLAIM_EVERY_SECONDS)
+    assert not guard.held_back  # it asked for more than was waiting
+    _, sent = send_backlog(guard, 1, now=sent[0] + 0.1)
+    assert sent == [pytest.approx(sent[0])]  # a lone message goes at once, as soon as a token is there
+
+
+def test_a_fast_provider_is_claimed_from_in_full_batches_without_waiting() -> None:
+    guard = sms_guard(rate=1000.0, burst=1000)
+    claims, sent = send_backlog(guard, 10 * BATCH)
+    assert claims == 10
+    assert sent[-1] == pytest.approx(9 * ROUND_SECONDS)
+
+
+def test_a_half_open_circuit_still_lets_its_probe_through_while_the_channel_is_held_back() -> None:
+    guard = sms_guard()
+    send_backlog(guard, 30)
+    for _ in range(guard.breaker.threshold):
+        guard.breaker.failed(5.0)
+    assert guard.room(5.0 + guard.breaker.cool_down - 1) == 0
+    assert guard.room(5.0 + guard.breaker.cool_down) == 1
