@@ -14,6 +14,11 @@ moves records; this one says how fast the design's own I/O can go on this machin
   partition's counter, notify inserts one delivery per event;
 - every consumer commits its offsets after each batch, as FastStream does.
 
+With `--through faststream` each stage consumes as the services do instead of with a bare consumer: a
+FastStream broker built by `shared.kafka.make_broker` (its Prometheus middleware included) hands the batches,
+raw, to the same code through `shared.kafka.batch_subscriber`, which commits after each one. The difference
+between the two is what the services' framework costs on top of the clients it drives.
+
 The tables are the services' own, made by their migrations in schemas of their own (`floor_<service>`),
 indexes and notify's counting triggers included. Nothing is parsed, validated or judged, and the reads the
 services make before writing (dedupe look-ups, row locks, snapshots) are left out: whatever the stack spends
@@ -21,6 +26,7 @@ beyond this, its code spends. The result: events/s from the first record produce
 have the last, and CPU per event of every process (PostgreSQL's backends by stage).
 
     .venv/bin/python -m bench.pipeline_floor --dossiers 20000     # a broker and a database of its own
+    .venv/bin/python -m bench.pipeline_floor --dossiers 20000 --through faststream
 
 `bench.end_to_end` runs it on its own payloads after each run (`floor.pipeline_events_per_s`).
 """
@@ -45,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from bench.infra import infrastructure
 from bench.processes import ProcessWatch, database_backends
@@ -55,7 +62,7 @@ from services.resolution.store import OUTBOX_WRITER_LOCK
 from shared.crypto import Keyring, new_key_spec
 from shared.db import create_pool, migrate
 from shared.infra.paths import PROJECT_ROOT
-from shared.kafka import ensure_topics, partition_by_key, send_batched
+from shared.kafka import Records, batch_subscriber, ensure_topics, make_broker, partition_by_key, send_batched
 
 INGRESS, ACCEPTED, LIFECYCLE = "ingress", "accepted", "lifecycle"
 # What each stage consumes and what it produces to.
@@ -208,6 +215,52 @@ async def run_stage(stage: str, run: str, bootstrap: str, database_url: str, cou
     await pool.close()
 
 
+class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's class has no annotations
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        self.event.set()
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        pass
+
+
+async def run_stage_through_faststream(stage: str, run: str, bootstrap: str, database_url: str,
+                                       count: int) -> None:
+    """As `run_stage`, the batches handed by FastStream as the services' are: the consumer group's partitions,
+    all of them (one process per stage)."""
+    source, sink = STAGES[stage]
+    pool = await create_pool(database_url, max_size=2, application_name=f"floor {stage}")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5) if sink else None
+    if producer is not None:
+        await producer.start()
+    broker = make_broker(bootstrap, registry=CollectorRegistry(), app_name=f"floor-{stage}")
+    handle, assigned, finished = HANDLERS[stage], _Assigned(), asyncio.Event()
+    seen, first = 0, 0.0
+
+    @batch_subscriber(broker, topic(run, source), group_id=f"floor-{run}-{stage}", max_records=BATCH,
+                      listener=assigned)
+    async def on_batch(records: Records) -> None:
+        nonlocal seen, first
+        first = first or time.time()
+        await handle(run, pool, producer, list(records))
+        seen += len(records)
+        if seen >= count:
+            finished.set()
+
+    await broker.start()
+    await assigned.event.wait()
+    print("ready", flush=True)
+    await finished.wait()
+    print("done " + json.dumps({"first": first, "last": time.time(), "records": seen}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await broker.stop()
+    if producer is not None:
+        await producer.stop()
+    await pool.close()
+
+
 async def run_source(run: str, bootstrap: str, records: list[tuple[bytes, bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
     await producer.start()
@@ -233,9 +286,13 @@ async def _line(process: asyncio.subprocess.Process, expected: str) -> str:
 
 
 async def measure(bootstrap: str, database_url: str, records: list[tuple[bytes, bytes]], partitions: int,
-                  watched: dict[int, str], instances: int = 1, replication: int = 1) -> dict[str, Any]:
+                  watched: dict[int, str], instances: int = 1, replication: int = 1,
+                  through: str = "aiokafka") -> dict[str, Any]:
     """Run the floor's processes over `records` (key, value), `instances` processes per stage sharing the
-    partitions; `watched` adds processes whose CPU to count (the broker, the postmaster)."""
+    partitions, consuming `through` bare aiokafka consumers or FastStream (one process per stage); `watched`
+    adds processes whose CPU to count (the broker, the postmaster)."""
+    if through == "faststream" and instances != 1:
+        raise ValueError("through FastStream, a stage's consumer group shares the partitions: one process each")
     run = uuid.uuid4().hex[:8]
     await ensure_topics(bootstrap, partitions, replication,
                         names=tuple(topic(run, name) for name in (INGRESS, ACCEPTED, LIFECYCLE)))
@@ -263,7 +320,7 @@ async def measure(bootstrap: str, database_url: str, records: list[tuple[bytes, 
                     sys.executable, "-m", "bench.pipeline_floor", "--stage", stage, "--run", run,
                     "--bootstrap", bootstrap, "--database-url", database_url,
                     "--count", str(sum(per_partition[partition] for partition in assigned)),
-                    "--assigned", ",".join(map(str, assigned)), cwd=PROJECT_ROOT,
+                    "--assigned", ",".join(map(str, assigned)), "--through", through, cwd=PROJECT_ROOT,
                     stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         spawned["source"] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.pipeline_floor", "--source", str(records_file), "--run", run,
@@ -304,7 +361,7 @@ async def measure(bootstrap: str, database_url: str, records: list[tuple[bytes, 
     wall = max(done["last"] for done in finished.values()) - first
     used = processes.cpu_seconds()
     per_event = {name: round(1e6 * seconds / len(records), 1) for name, seconds in used.items()}
-    return {"run": run, "instances": instances, "events": len(records), "seconds": round(wall, 2),
+    return {"run": run, "instances": instances, "through": through, "events": len(records), "seconds": round(wall, 2),
             "events_per_s": round(len(records) / wall),
             "cores": round(sum(used.values()) / wall, 2),
             "cpu_us_per_event": dict(sorted(per_event.items(), key=lambda item: -item[1])),
@@ -317,12 +374,12 @@ async def _sample_every(processes: ProcessWatch, seconds: float) -> None:
         processes.sample()
 
 
-async def main(dossiers: int, partitions: int, instances: int) -> dict[str, Any]:
+async def main(dossiers: int, partitions: int, instances: int, through: str) -> dict[str, Any]:
     # Its own broker and database, never the environment's: the floor counts their CPU.
     async with infrastructure("tthc-floor-bench-", from_environment=False) as infra:
         records = lifecycles(dossiers, Keyring.parse(new_key_spec("bench")))
         result = await measure(infra.bootstrap_servers, infra.database_url, records, partitions, infra.started,
-                               instances)
+                               instances, through=through)
     return {"benchmark": "pipeline_floor", "measured_at": datetime.now(UTC).isoformat(),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "dossiers": dossiers, "partitions": partitions, **result}
@@ -333,6 +390,8 @@ if __name__ == "__main__":
     parser.add_argument("--dossiers", type=int, default=20000, help="three events each")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--instances", type=int, default=1, help="processes per stage, sharing the partitions")
+    parser.add_argument("--through", choices=("aiokafka", "faststream"), default="aiokafka",
+                        help="how each stage consumes: a bare aiokafka consumer, or FastStream as the services do")
     parser.add_argument("--assigned", help=argparse.SUPPRESS)
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
@@ -341,13 +400,15 @@ if __name__ == "__main__":
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.stage:
+    if args.stage and args.through == "faststream":
+        asyncio.run(run_stage_through_faststream(args.stage, args.run, args.bootstrap, args.database_url, args.count))
+    elif args.stage:
         asyncio.run(run_stage(args.stage, args.run, args.bootstrap, args.database_url, args.count,
                               [int(partition) for partition in args.assigned.split(",") if partition]))
     elif args.source:
         asyncio.run(run_source(args.run, args.bootstrap, pickle.loads(args.source.read_bytes())))  # noqa: S301 - the parent wrote it
     else:
-        outcome = asyncio.run(main(args.dossiers, args.partitions, args.instances))
+        outcome = asyncio.run(main(args.dossiers, args.partitions, args.instances, args.through))
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"pipeline-floor-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
         out.write_text(json.dumps(outcome, indent=2) + "\n")
