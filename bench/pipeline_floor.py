@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -45,7 +46,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -181,38 +182,54 @@ def _text(record: ConsumerRecord[bytes, bytes]) -> str:
 
 # ---------------------------------------------------------------- the processes
 
+@contextlib.asynccontextmanager
+async def _stage_clients(stage: str, bootstrap: str, database_url: str,
+                         ) -> AsyncIterator[tuple[asyncpg.Pool, AIOKafkaProducer | None]]:
+    """A stage's database pool, and its producer if it produces."""
+    pool = await create_pool(database_url, max_size=2, application_name=f"floor {stage}")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+                                linger_ms=5) if STAGES[stage][1] else None
+    if producer is not None:
+        await producer.start()
+    try:
+        yield pool, producer
+    finally:
+        if producer is not None:
+            await producer.stop()
+        await pool.close()
+
+
+async def _done(first: float | None, seen: int) -> None:
+    """Says `done {json}`, then waits for standard input to close (so that the stage's database backends live
+    until the parent has counted their CPU)."""
+    print("done " + json.dumps({"first": first, "last": time.time(), "records": seen}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
 async def run_stage(stage: str, run: str, bootstrap: str, database_url: str, count: int,
                     partitions: list[int]) -> None:
     """One stage's process, consuming `partitions`: says `ready` once it can consume, `done {json}` when it has
-    handled `count` records, and exits when its standard input closes (so that its database backends live
-    until the parent has counted their CPU)."""
-    source, sink = STAGES[stage]
-    pool = await create_pool(database_url, max_size=2, application_name=f"floor {stage}")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5) if sink else None
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"floor-{run}-{stage}", enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024)
-    if producer is not None:
-        await producer.start()
-    await consumer.start()
-    consumer.assign([TopicPartition(topic(run, source), partition) for partition in partitions])
+    handled `count` records, and exits when its standard input closes."""
     handle = HANDLERS[stage]
-    print("ready", flush=True)
-    seen, first = 0, None
-    while seen < count:
-        batches = await consumer.getmany(timeout_ms=50, max_records=BATCH)
-        records = [record for partition in batches.values() for record in partition]
-        if not records:
-            continue
-        first = first or time.time()
-        await handle(run, pool, producer, records)
-        await consumer.commit()
-        seen += len(records)
-    print("done " + json.dumps({"first": first, "last": time.time(), "records": seen}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await consumer.stop()
-    if producer is not None:
-        await producer.stop()
-    await pool.close()
+    async with _stage_clients(stage, bootstrap, database_url) as (pool, producer):
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"floor-{run}-{stage}",
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    max_partition_fetch_bytes=4 * 1024 * 1024)
+        await consumer.start()
+        consumer.assign([TopicPartition(topic(run, STAGES[stage][0]), partition) for partition in partitions])
+        print("ready", flush=True)
+        seen, first = 0, None
+        while seen < count:
+            batches = await consumer.getmany(timeout_ms=50, max_records=BATCH)
+            records = [record for partition in batches.values() for record in partition]
+            if not records:
+                continue
+            first = first or time.time()
+            await handle(run, pool, producer, records)
+            await consumer.commit()
+            seen += len(records)
+        await _done(first, seen)
+        await consumer.stop()
 
 
 class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's class has no annotations
@@ -230,35 +247,27 @@ async def run_stage_through_faststream(stage: str, run: str, bootstrap: str, dat
                                        count: int) -> None:
     """As `run_stage`, the batches handed by FastStream as the services' are: the consumer group's partitions,
     all of them (one process per stage)."""
-    source, sink = STAGES[stage]
-    pool = await create_pool(database_url, max_size=2, application_name=f"floor {stage}")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5) if sink else None
-    if producer is not None:
-        await producer.start()
-    broker = make_broker(bootstrap, registry=CollectorRegistry(), app_name=f"floor-{stage}")
     handle, assigned, finished = HANDLERS[stage], _Assigned(), asyncio.Event()
-    seen, first = 0, 0.0
+    async with _stage_clients(stage, bootstrap, database_url) as (pool, producer):
+        broker = make_broker(bootstrap, registry=CollectorRegistry(), app_name=f"floor-{stage}")
+        seen, first = 0, None
 
-    @batch_subscriber(broker, topic(run, source), group_id=f"floor-{run}-{stage}", max_records=BATCH,
-                      listener=assigned)
-    async def on_batch(records: Records) -> None:
-        nonlocal seen, first
-        first = first or time.time()
-        await handle(run, pool, producer, list(records))
-        seen += len(records)
-        if seen >= count:
-            finished.set()
+        @batch_subscriber(broker, topic(run, STAGES[stage][0]), group_id=f"floor-{run}-{stage}",
+                          max_records=BATCH, listener=assigned)
+        async def on_batch(records: Records) -> None:
+            nonlocal seen, first
+            first = first or time.time()
+            await handle(run, pool, producer, list(records))
+            seen += len(records)
+            if seen >= count:
+                finished.set()
 
-    await broker.start()
-    await assigned.event.wait()
-    print("ready", flush=True)
-    await finished.wait()
-    print("done " + json.dumps({"first": first, "last": time.time(), "records": seen}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await broker.stop()
-    if producer is not None:
-        await producer.stop()
-    await pool.close()
+        await broker.start()
+        await assigned.event.wait()
+        print("ready", flush=True)
+        await finished.wait()
+        await _done(first, seen)
+        await broker.stop()
 
 
 async def run_source(run: str, bootstrap: str, records: list[tuple[bytes, bytes]]) -> None:
