@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from functools import partial
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from services.metrics.tally import RATIO_BUCKETS, CounterKey
+from services.metrics.tally import BUCKET_LABELS, CounterKey
 from services.metrics.tracker import OpenDossiers
 
 SeriesKey = tuple[str, ...]
@@ -49,7 +50,7 @@ def series_of(key: CounterKey, province_of: ProvinceOf) -> tuple[tuple[str, Labe
         return ("received", (province, unit, channel)), ("sector_received", (province, sector, channel))
     if family == "completed":
         return ("completed", (province, unit, channel, label)), ("sector_completed", (province, sector, label))
-    if family == "time_used_bucket":
+    if family == "time_used_in_bucket":
         return (("ratio_bucket", (province, sector, label)),)
     if family == "time_used_sum":
         return (("ratio_sum", (province, sector)),)
@@ -143,12 +144,13 @@ class ExportedState:
         ]
 
     def _ratio_rows(self) -> dict[Labels, tuple[list[tuple[str, float]], float]]:
+        """Each group's cumulative buckets, added up from the completions counted in each bucket alone."""
         buckets: dict[Labels, dict[str, float]] = defaultdict(dict)
         for (province, sector, bound), value in self.totals.family("ratio_bucket").items():
             buckets[(province, sector)][bound] = value
         sums = self.totals.family("ratio_sum")
-        return {group: ([(str(bound), by_bound.get(str(bound), 0.0)) for bound in RATIO_BUCKETS]
-                        + [("+Inf", by_bound.get("+Inf", 0.0))], sums.get(group, 0.0))
+        return {group: (list(zip(BUCKET_LABELS, accumulate(by_bound.get(label, 0.0) for label in BUCKET_LABELS),
+                                 strict=True)), sums.get(group, 0.0))
                 for group, by_bound in buckets.items()}
 
     def _oldest_rows(self) -> dict[Labels, float]:

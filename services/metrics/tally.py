@@ -9,6 +9,14 @@ CounterKey = tuple[str, int, str, str, str, str]
 """(family, partition, unit, sector, channel, label)."""
 
 RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0)
+BUCKET_LABELS = (*map(str, RATIO_BUCKETS), "+Inf")
+
+
+def bucket_of(ratio: float) -> str:
+    """The one histogram bucket a ratio falls in: the smallest bound at or above it. Stored counters keep each
+    completion in its own bucket only (one row, not one for every bound at or above it); the export adds them
+    up into Prometheus' cumulative buckets."""
+    return next((str(bound) for bound in RATIO_BUCKETS if ratio <= bound), "+Inf")
 
 
 def open_kind(event: DossierLifecycleEvent) -> str | None:
@@ -34,10 +42,7 @@ def tally(event: DossierLifecycleEvent, part: int, into: dict[CounterKey, float]
             and event.timeliness is not None:
         add("completed", event.timeliness.value)
         if event.time_used_ratio is not None:
-            for bound in RATIO_BUCKETS:
-                if event.time_used_ratio <= bound:
-                    add("time_used_bucket", str(bound))
-            add("time_used_bucket", "+Inf")
+            add("time_used_in_bucket", bucket_of(event.time_used_ratio))
             add("time_used_sum", amount=event.time_used_ratio)
     if event.event_type is EventType.STEP_COMPLETED and event.step is not None and event.step.timeliness:
         # A liên thông step counts for the unit that handled it, not the dossier's receiving unit.

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from services.metrics.series import ExportedState, Totals
+from services.metrics.tally import RATIO_BUCKETS, CounterKey, tally
 from services.metrics.tracker import OPEN_STATES, OpenDossiers, state_at
 from shared.catalog import Catalog
+from shared.contract.events import EventType
+from shared.contract.lifecycle import DossierLifecycleEvent, DossierState, Timeliness
 
 pytestmark = pytest.mark.unit
 PLACE = ("24", "10000", "ho_tich")
@@ -148,7 +152,7 @@ def test_a_whole_country_stays_under_the_series_budget() -> None:
             for family, labels in (("received", [""]), ("completed", ["early", "on_time", "late"]),
                                    ("supplements", [""]), ("apologies", ["in_time", "late"]),
                                    ("steps", ["early", "on_time", "late"]), ("time_used_sum", [""]),
-                                   ("time_used_bucket", ["0.25", "0.5", "0.75", "0.9", "1.0", "1.25", "1.5", "2.0",
+                                   ("time_used_in_bucket", ["0.25", "0.5", "0.75", "0.9", "1.0", "1.25", "1.5", "2.0",
                                                          "3.0", "+Inf"])):
                 for label in labels:
                     totals.add((family, n % 12, unit, sector, channel, label), 1)
@@ -193,8 +197,8 @@ def test_every_family_writes_the_text_prometheus_client_would() -> None:
     for n, unit in enumerate(["10000", "10001", 'odd"\\unit']):
         totals.add(("received", n % 3, unit, "ho_tich", "online", ""), 1 + n)
         totals.add(("completed", 0, unit, "dat_dai", "direct", "late"), 2)
-        totals.add(("time_used_bucket", 1, unit, "ho_tich", "online", "0.5"), 1)
-        totals.add(("time_used_bucket", 1, unit, "ho_tich", "online", "+Inf"), 1_234_567)
+        totals.add(("time_used_in_bucket", 1, unit, "ho_tich", "online", "0.5"), 1)
+        totals.add(("time_used_in_bucket", 1, unit, "ho_tich", "online", "+Inf"), 1_234_567)
         totals.add(("time_used_sum", 1, unit, "ho_tich", "online", ""), 0.4)
         totals.add(("apologies", 2, unit, "ho_tich", "online", "late"), 1)
     tracker = OpenDossiers()
@@ -213,3 +217,40 @@ def test_every_family_writes_the_text_prometheus_client_would() -> None:
     written = "".join(family.exposition() for family in families)
     assert 'tthc_supplement_requests_total' in written  # an empty family still says what it is
     assert 'province="x\\n\\"y",unit="odd\\"\\\\unit"' in written
+
+
+def completion(ratio: float, n: int) -> DossierLifecycleEvent:
+    at = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
+    code = f"000.00.24.10000-260302-{n:04d}"
+    return DossierLifecycleEvent(
+        id=f"{code}:5", dossier_code=code, sequence=5, event_type=EventType.RESOLVED, occurred_at=at,
+        recorded_at=at, source="urn:test", source_event_id=f"e{n}", procedure_code="1.001193", unit_code="10000",
+        sector="ho_tich", channel="online", state=DossierState.RESOLVED, status_code=10,
+        received_at=at - timedelta(days=3), legal_due_at=at, appointment_at=at, calendar_version="c",
+        policy_version="p",
+        timeliness=Timeliness.LATE if ratio > 1 else Timeliness.ON_TIME, time_used_ratio=ratio)
+
+
+def test_each_completion_is_stored_in_one_bucket_and_exported_in_every_bucket_at_or_above_its_ratio() -> None:
+    ratios = [0.0, 0.1, 0.25, 0.26, 0.9, 1.0, 1.0, 1.01, 2.5, 3.0, 3.01, 40.0]
+    stored: dict[CounterKey, float] = {}
+    for n, ratio in enumerate(ratios):
+        tally(completion(ratio, n), 0, stored)
+    in_buckets = {key[5]: value for key, value in stored.items() if key[0] == "time_used_in_bucket"}
+    assert in_buckets == {"0.25": 3, "0.5": 1, "0.9": 1, "1.0": 2, "1.25": 1, "3.0": 2, "+Inf": 2}
+    assert sum(in_buckets.values()) == len(ratios)  # one row per completion, not one per bound above it
+
+    totals = Totals(lambda unit: "24")
+    for key, value in stored.items():
+        totals.add(key, value)
+    registry = CollectorRegistry()
+    for collector in ExportedState(totals, OpenDossiers(), lambda: T0).families():
+        registry.register(collector)
+    [histogram] = [family for family in registry.collect() if family.name == "tthc_working_time_used_ratio"]
+    buckets = {sample.labels["le"]: sample.value for sample in histogram.samples if sample.name.endswith("_bucket")}
+    assert buckets == {**{str(bound): float(sum(r <= bound for r in ratios)) for bound in RATIO_BUCKETS},
+                       "+Inf": float(len(ratios))}
+    [count] = [sample.value for sample in histogram.samples if sample.name.endswith("_count")]
+    [total] = [sample.value for sample in histogram.samples if sample.name.endswith("_sum")]
+    assert count == len(ratios)
+    assert total == pytest.approx(sum(ratios))
