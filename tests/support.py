@@ -58,15 +58,17 @@ def received_data(email: str = "nguyen.van.an@example.vn", channel: str = "direc
     }
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 60.0, what: str = "") -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 60.0, what: str = "",
+                     interval: float = 0.2) -> T:
+    """Poll `check` every `interval` seconds until it returns something truthy; fail with `what` after `timeout`
+    seconds."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
         last = await check()
         if last:
             return last
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value {last!r}")
 
 

@@ -47,6 +47,8 @@ RATE = float(os.environ.get("TTHC_CHAOS_RATE", "4"))
 PROGRESS = 15
 # Back-off between a sender's retries while intake, or what it depends on, is down.
 RETRY_PAUSE = 0.5
+# Each fault's outage lasts well under this (25 s at most in the soaks); longer, the stack did not come back.
+OUTAGE_LIMIT = 120.0
 # Which faults a round injects, in order (a subset to chase one of them).
 FAULTS = os.environ.get("TTHC_CHAOS_FAULTS", ",".join([*SERVICES, "kafka", "postgres"])).split(",")
 log = logging.getLogger(__name__)
@@ -157,17 +159,21 @@ def lifecycle(n: int) -> tuple[str, list[str], list[Planned]]:
 async def post_until_answered(client: httpx.AsyncClient, event: dict[str, Any], ledger: Ledger) -> httpx.Response:
     """Resend until intake answers for itself: a lost connection, a timeout or a 5xx means it (or its broker or
     database) is down, and intake dedupes a resend by (source, id)."""
-    while True:
+
+    async def answered() -> httpx.Response | None:
         try:
             reply = await client.post("/v1/events", json=event,
                                       headers={"content-type": "application/cloudevents+json"})
         except httpx.HTTPError as error:
             ledger.retries[type(error).__name__] += 1
-        else:
-            if reply.status_code < 500:
-                return reply
+            return None
+        if reply.status_code >= 500:
             ledger.retries[f"HTTP {reply.status_code}"] += 1
-        await asyncio.sleep(RETRY_PAUSE)
+            return None
+        return reply
+
+    return await eventually(answered, timeout=OUTAGE_LIMIT, interval=RETRY_PAUSE,
+                            what=f"intake to answer for event {event['id']}")
 
 
 async def send_dossier(client: httpx.AsyncClient, code: str, notify_via: list[str], plan: list[Planned],
