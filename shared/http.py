@@ -50,12 +50,16 @@ async def _nothing_to_refresh(_: frozenset[str] | None) -> None:
     return None
 
 
+DATABASE_AWAY = (OSError, RuntimeError, asyncpg.PostgresError, asyncpg.InterfaceError)
+"""What asking the database raises while it cannot answer (RuntimeError: the service's pool is not open)."""
+
+
 async def refreshed_or_nan(gauge: Gauge, refresh: Hook) -> None:
-    """Run `refresh`, which sets `gauge` from the database; while the database cannot be asked (or the service's
-    pool is not open), the gauge says NaN, not its last value, and the scrape goes on."""
+    """Run `refresh`, which sets `gauge` from the database; while the database cannot be asked, the gauge says
+    NaN, not its last value, and the scrape goes on."""
     try:
         await refresh()
-    except (OSError, RuntimeError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except DATABASE_AWAY:
         gauge.set(float("nan"))
 
 

@@ -3,6 +3,7 @@ their satisfaction answers and opt-outs, and providers' delivery reports."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -25,7 +26,7 @@ from shared.contract.events import EventType
 from shared.contract.lifecycle import DossierLifecycleEvent
 from shared.crypto import keyring_from_settings
 from shared.db import ServiceDatabase, columns
-from shared.http import metrics_registry, service_app
+from shared.http import DATABASE_AWAY, metrics_registry, service_app
 from shared.infra.paths import PROJECT_ROOT
 from shared.kafka import Records, batch_subscriber, make_broker, readable, unreadable_counter
 from shared.reference import ReferenceSource
@@ -96,9 +97,11 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
             await state["deliverer"].stop()
 
     async def read_counts(wanted: frozenset[str] | None) -> None:
-        if (wanted is None or wanted & stats.READ_FROM_THE_SCHEMA) and await database.ready():
-            async with database.pool.acquire() as conn:
-                state["snapshot"] = await stats.read(conn)
+        if wanted is None or wanted & stats.READ_FROM_THE_SCHEMA:
+            # While the database cannot answer the last counts stay: counters read better stale than NaN.
+            with contextlib.suppress(*DATABASE_AWAY):
+                async with database.pool.acquire() as conn:
+                    state["snapshot"] = await stats.read(conn)
 
     app = service_app(title="TTHC notify", description="Citizen notifications and their delivery status.",
                       settings=settings, database=database, broker=broker, registry=registry, reference=reference,
