@@ -28,6 +28,23 @@ LAST_SEQUENCES = (
 )
 
 
+# Histogram rows of an instance older than migration 0004 (cumulative buckets, family `time_used_bucket`) in the
+# partitions taken ($1), turned into completions per bucket as that migration turns them. During a rolling
+# upgrade such an instance may have owned these partitions since the migration ran; its epoch is now fenced
+# off, so no such row can be added to them after this.
+CARRY_OVER_CUMULATIVE_BUCKETS = (
+    f"WITH cumulative AS (DELETE FROM {SCHEMA}.counters WHERE family = 'time_used_bucket' AND part = ANY($1::int[]) "
+    "RETURNING part, unit_code, sector, channel, label, value) "
+    f"INSERT INTO {SCHEMA}.counters AS c (family, part, unit_code, sector, channel, label, value) "
+    "SELECT 'time_used_in_bucket', part, unit_code, sector, channel, label, own FROM ("
+    "SELECT part, unit_code, sector, channel, label, value - coalesce(lag(value) OVER ("
+    "PARTITION BY part, unit_code, sector, channel "
+    "ORDER BY CASE label WHEN '+Inf' THEN 'Infinity'::float8 ELSE label::float8 END), 0) AS own "
+    "FROM cumulative) AS differences WHERE own <> 0 "
+    "ON CONFLICT (family, part, unit_code, sector, channel, label) DO UPDATE SET value = c.value + EXCLUDED.value"
+)
+
+
 class OwnershipMoved(Exception):
     """A batch holds records of a partition this instance no longer owns: nothing is written, and the records
     are redelivered to whoever owns it now."""
@@ -67,6 +84,8 @@ async def take_over(conn: Connection, topic: str, parts: Sequence[int], owner: s
         "SELECT $1, part, 1, $3 FROM unnest($2::int[]) AS part ORDER BY part "
         "ON CONFLICT (topic, part) DO UPDATE SET epoch = partition_owner.epoch + 1, owner = EXCLUDED.owner "
         "RETURNING part, epoch", topic, sorted(parts), owner)
+    if topic == topics.LIFECYCLE:
+        await conn.execute(CARRY_OVER_CUMULATIVE_BUCKETS, sorted(parts))
     return await load_state(conn, topic, {row["part"]: row["epoch"] for row in rows}, open_chunks)
 
 
