@@ -70,7 +70,7 @@ async def test_a_take_over_carries_over_what_an_instance_older_than_the_migratio
         async with pool.acquire() as conn, conn.transaction():
             state = await take_over(conn, topics.LIFECYCLE, [0], "upgraded")
 
-        loaded = {(family, label): value for (family, part, unit, _, _, label), value in state.counters}
+        loaded = {(family, label): value for (family, _, _, _, _, label), value in state.counters}
         assert loaded == {("time_used_in_bucket", label): n for label, n in
                           Counter(bucket_of(ratio) for ratio in already + COMPLETED[(0, "10000")]).items()}
         left = await pool.fetch(f"SELECT family, part, unit_code, label, value FROM {SCHEMA}.counters WHERE part = 1")
