@@ -29,6 +29,7 @@ from shared.kafka import send_batched
 
 log = logging.getLogger(__name__)
 RELAY_LOCK = 0x7474_6863  # "tthc": one relay across every resolution instance
+SESSION_LOST = (asyncpg.InterfaceError, asyncpg.PostgresError, OSError)
 
 # Up to $1 rows after row $2, oldest first. The rows are found by their ids in the index: as a join (`id IN
 # (SELECT …)`), the plan read the whole outbox to delete them once the table had few rows by its statistics.
@@ -71,22 +72,24 @@ class OutboxRelay:
         while not self._stopping:
             try:
                 async with self.pool.acquire() as session:
-                    await session.add_listener(OUTBOX_CHANNEL, self._notified)
                     # Another instance relays; poll for its lock so this one takes over when it goes.
                     while not await session.fetchval(  # noqa: ASYNC110
                             "SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                         await asyncio.sleep(1.0)
                     try:
+                        await session.add_listener(OUTBOX_CHANNEL, self._notified)
                         # From the head again: another instance may have relayed meanwhile, or the database may
                         # be back from a backup and numbering rows from below where this relay was.
                         self.taken_up_to = 0
                         await self._drain_forever(session)
                     finally:
                         # The connection may be gone, and the lock with it; an error here must not hide why the
-                        # relay stopped (a cancel, above all: stop() waits for it).
-                        with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
-                            await session.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+                        # relay stopped (a cancel, above all: stop() waits for it), nor leave the listener on a
+                        # connection going back to the pool.
+                        with contextlib.suppress(*SESSION_LOST):
                             await session.remove_listener(OUTBOX_CHANNEL, self._notified)
+                        with contextlib.suppress(*SESSION_LOST):
+                            await session.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
             except asyncio.CancelledError:
                 raise
             except Exception:
