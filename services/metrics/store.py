@@ -30,8 +30,8 @@ LAST_SEQUENCES = (
 
 # Histogram rows of an instance older than migration 0004 (cumulative buckets, family `time_used_bucket`) in the
 # partitions taken ($1), turned into completions per bucket as that migration turns them. During a rolling
-# upgrade such an instance may have owned these partitions since the migration ran; its epoch is now fenced
-# off, so no such row can be added to them after this.
+# upgrade such an instance may have owned these partitions since the migration ran. Its epoch is now fenced
+# off: it adds no more rows to them unless it takes them back, and the next take-over converts those in turn.
 CARRY_OVER_CUMULATIVE_BUCKETS = (
     f"WITH cumulative AS (DELETE FROM {SCHEMA}.counters WHERE family = 'time_used_bucket' AND part = ANY($1::int[]) "
     "RETURNING part, unit_code, sector, channel, label, value) "

@@ -3,6 +3,11 @@
 -- up to ten. The export adds them up into Prometheus' cumulative buckets (services/metrics/series.py). Rows
 -- counted the old way become the differences between neighbouring bounds, under a family name of their own so
 -- that no row is read both ways.
+-- During a rolling upgrade older instances may still be counting the old way. The lock waits for their batches in
+-- flight and holds new ones back until this commits, so that each group's rows are converted whole: a batch half
+-- seen would have its new rows left out and its other rows' additions deleted. What older instances write after
+-- this is converted when a newer instance takes their partitions over (services/metrics/store.py).
+LOCK TABLE counters IN EXCLUSIVE MODE;
 INSERT INTO counters (family, part, unit_code, sector, channel, label, value)
 SELECT 'time_used_in_bucket', part, unit_code, sector, channel, label, own
 FROM (
