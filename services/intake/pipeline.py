@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -176,35 +176,50 @@ class IntakePipeline:
     async def _pass_on(self, conn: Connection, catalog: Catalog, candidates: list[tuple[int, IncomingEvent]],
                        outcomes: list[Outcome | None], now: datetime) -> list[Message]:
         seen = await store.already_accepted(conn, [event.key for _, event in candidates])
+        first_seen: dict[tuple[str, str], IncomingEvent] = {}
+        for _, event in candidates:
+            if event.key not in seen:
+                first_seen.setdefault(event.key, event)  # a repeat inside the same batch is a duplicate of it
+        sequences: dict[tuple[str, date], int] = {}
+        for event in first_seen.values():
+            if (sequence := daily_sequence(event, catalog)) is not None:
+                sequences[sequence] = sequences.get(sequence, 0) + 1
+        numbers = await store.reserve_sequences(conn, sequences)
         fresh: list[tuple[int, IncomingEvent, str, bool]] = []
         for index, event in candidates:
             if event.key in seen:
                 outcomes[index] = Outcome(Status.DUPLICATE, event.id, seen[event.key])
                 continue
-            unit_code = domain.minting_unit(event)
-            if unit_code is None:
+            if (sequence := daily_sequence(event, catalog)) is None:
                 assert event.dossier_code is not None
                 code, minted = event.dossier_code, False
             else:
-                received_on = event.occurred_at.astimezone(VN).date()
-                agency_id = catalog.units[unit_code].agency_id
-                code = mint_dossier_code(agency_id, received_on, await store.next_sequence(conn, agency_id,
-                                                                                           received_on))
-                minted = True
-            seen[event.key] = code  # a repeat inside the same batch is a duplicate of this one
+                code, minted = mint_dossier_code(*sequence, numbers[sequence]), True
+                numbers[sequence] += 1
+            seen[event.key] = code
             fresh.append((index, event, code, minted))
         new_keys = await store.record_accepted(conn, [(e.source, e.id, code) for _, e, code, _ in fresh], now)
+        # Keys a concurrent request accepted first: their dossier codes are that request's, committed by now.
+        seen.update(await store.already_accepted(conn, [e.key for _, e, _, _ in fresh if e.key not in new_keys]))
         await store.record_units(conn, [(code, e.data.unit_code) for _, e, code, _ in fresh
                                         if e.key in new_keys and isinstance(e.data, Received)])
         messages: list[Message] = []
         for index, event, code, minted in fresh:
             if event.key not in new_keys:
-                outcomes[index] = Outcome(Status.DUPLICATE, event.id, code)
+                outcomes[index] = Outcome(Status.DUPLICATE, event.id, seen[event.key])
                 continue
             accepted = domain.accept(event, code, minted=minted, keyring=self.keyring, now=now)
             messages.append((topics.ACCEPTED, code.encode(), accepted.model_dump_json().encode()))
             outcomes[index] = Outcome(Status.ACCEPTED, event.id, code)
         return messages
+
+
+def daily_sequence(event: IncomingEvent, catalog: Catalog) -> tuple[str, date] | None:
+    """The (agency, day) whose daily sequence numbers the event's new dossier code, when the commune sent none."""
+    unit_code = domain.minting_unit(event)
+    if unit_code is None:
+        return None
+    return catalog.units[unit_code].agency_id, event.occurred_at.astimezone(VN).date()
 
 
 def refusal_message(rejection: RejectionRecorded) -> Message:

@@ -29,13 +29,22 @@ async def already_accepted(conn: Connection, keys: list[tuple[str, str]]) -> dic
     return {(row["source"], row["event_id"]): row["dossier_code"] for row in rows}
 
 
-async def next_sequence(conn: Connection, agency_id: str, day: date) -> int:
-    value = await conn.fetchval(
-        f"INSERT INTO {SCHEMA}.code_sequences (agency_id, day, last) VALUES ($1, $2, 1) "
-        "ON CONFLICT (agency_id, day) DO UPDATE SET last = code_sequences.last + 1 RETURNING last",
-        agency_id, day,
-    )
-    return int(value)
+# Concurrent requests lock rows here in one order, so that none waits for another that waits for it (a deadlock,
+# which PostgreSQL ends by failing one of them): code sequences by (agency, day) first, then the events' keys,
+# then the dossiers' codes, each sorted (tests/integration/test_intake_concurrency.py).
+
+
+async def reserve_sequences(conn: Connection, wanted: dict[tuple[str, date], int]) -> dict[tuple[str, date], int]:
+    """Reserve `wanted[agency, day]` consecutive numbers of each daily sequence; returns the first of each."""
+    reserved = {}
+    for (agency_id, day), count in sorted(wanted.items()):
+        last = await conn.fetchval(
+            f"INSERT INTO {SCHEMA}.code_sequences (agency_id, day, last) VALUES ($1, $2, $3) "
+            "ON CONFLICT (agency_id, day) DO UPDATE SET last = code_sequences.last + EXCLUDED.last RETURNING last",
+            agency_id, day, count,
+        )
+        reserved[agency_id, day] = int(last) - count + 1
+    return reserved
 
 
 async def record_accepted(
@@ -45,6 +54,7 @@ async def record_accepted(
     inserted concurrently is not new: its row lock makes us wait for that request's outcome."""
     if not rows:
         return set()
+    rows = sorted(rows)
     inserted = await conn.fetch(
         f"INSERT INTO {SCHEMA}.received_events (source, event_id, dossier_code, accepted_at) "
         "SELECT s, e, c, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS t(s, e, c) "
@@ -69,7 +79,7 @@ async def dossier_units(conn: Connection, codes: list[str]) -> dict[str, str]:
 async def record_units(conn: Connection, rows: list[tuple[str, str]]) -> None:
     if rows:
         await conn.execute(f"INSERT INTO {SCHEMA}.dossier_units SELECT * FROM unnest($1::text[], $2::text[]) "
-                           "ON CONFLICT DO NOTHING", *columns(rows))
+                           "ON CONFLICT DO NOTHING", *columns(sorted(rows)))
 
 
 async def audit(conn: Connection, refusals: list[RejectionRecorded], key_id: str | None) -> None:
