@@ -19,7 +19,7 @@ from services.intake.keys import Principal
 from shared.catalog import Catalog
 from shared.clock.deadline import LOCAL_ZONE as VN
 from shared.contract import topics
-from shared.contract.dossier_code import mint_dossier_code
+from shared.contract.dossier_code import DAILY_SEQUENCE_LIMIT, mint_dossier_code
 from shared.contract.events import IncomingEvent, Received
 from shared.contract.rejections import EventRefused, FieldProblem, RejectionReason, RejectionRecorded
 from shared.crypto import Keyring
@@ -141,7 +141,7 @@ class IntakePipeline:
                 await store.audit(conn, [r for r in rejections if r.reason in AUTH_REASONS],
                                   principal.key_id if principal else None)
                 if candidates:
-                    messages += await self._pass_on(conn, catalog, candidates, outcomes, now)
+                    messages += await self._pass_on(conn, catalog, items, candidates, outcomes, now)
                 # Committed only once Kafka has every accepted event: a crash before this line leaves the
                 # events unrecorded, so the sender's retry passes them on again (resolution dedupes).
                 await (await send_batched(self.producer, messages))
@@ -173,8 +173,10 @@ class IntakePipeline:
             allowed.append((index, event))
         return allowed
 
-    async def _pass_on(self, conn: Connection, catalog: Catalog, candidates: list[tuple[int, IncomingEvent]],
-                       outcomes: list[Outcome | None], now: datetime) -> list[Message]:
+    async def _pass_on(self, conn: Connection, catalog: Catalog, items: Sequence[Item],
+                       candidates: list[tuple[int, IncomingEvent]], outcomes: list[Outcome | None],
+                       now: datetime) -> list[Message]:
+        """Accepted events and refusals for the accepted and rejections topics, the outcomes filled in."""
         seen = await store.already_accepted(conn, [event.key for _, event in candidates])
         first_seen: dict[tuple[str, str], IncomingEvent] = {}
         for _, event in candidates:
@@ -186,6 +188,7 @@ class IntakePipeline:
                 sequences[sequence] = sequences.get(sequence, 0) + 1
         numbers = await store.reserve_sequences(conn, sequences)
         fresh: list[tuple[int, IncomingEvent, str, bool]] = []
+        messages: list[Message] = []
         for index, event in candidates:
             if event.key in seen:
                 outcomes[index] = Outcome(Status.DUPLICATE, event.id, seen[event.key])
@@ -193,6 +196,16 @@ class IntakePipeline:
             if (sequence := daily_sequence(event, catalog)) is None:
                 assert event.dossier_code is not None
                 code, minted = event.dossier_code, False
+            elif numbers[sequence] > DAILY_SEQUENCE_LIMIT:
+                agency_id, day = sequence
+                refusal = EventRefused(RejectionReason.BAD_DOSSIER_CODE, (
+                    f"agency {agency_id} has used all {DAILY_SEQUENCE_LIMIT} dossier codes of {day:%d/%m/%Y} "
+                    "(Circular 01/2018), so none can be minted: send the dossier's own code as subject"))
+                envelope = domain.Envelope(event.id, event.source, None, event.event_type.value)
+                messages.append(refusal_message(domain.rejection(refusal, payload=items[index].payload,
+                                                                 envelope=envelope, now=now)))
+                outcomes[index] = Outcome(Status.REJECTED, event.id, None, refusal.reason, refusal.detail)
+                continue
             else:
                 code, minted = mint_dossier_code(*sequence, numbers[sequence]), True
                 numbers[sequence] += 1
@@ -203,7 +216,6 @@ class IntakePipeline:
         seen.update(await store.already_accepted(conn, [e.key for _, e, _, _ in fresh if e.key not in new_keys]))
         await store.record_units(conn, [(code, e.data.unit_code) for _, e, code, _ in fresh
                                         if e.key in new_keys and isinstance(e.data, Received)])
-        messages: list[Message] = []
         for index, event, code, minted in fresh:
             if event.key not in new_keys:
                 outcomes[index] = Outcome(Status.DUPLICATE, event.id, seen[event.key])

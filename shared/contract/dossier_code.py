@@ -42,8 +42,12 @@ def validate_dossier_code(code: str) -> str:
     return code
 
 
+DAILY_SEQUENCE_LIMIT = 9999
+"""Circular 01/2018 numbers an agency's dossiers of a day in four digits."""
+
+
 def mint_dossier_code(agency_id: str, received_on: date, sequence: int) -> str:
     """A code in the Circular 01/2018 shape, for a dossier a commune sent without one."""
-    if not 1 <= sequence <= 9999:
+    if not 1 <= sequence <= DAILY_SEQUENCE_LIMIT:
         raise ValueError("the Circular 01/2018 daily sequence has 4 digits")
     return validate_dossier_code(f"{agency_id}-{received_on:%y%m%d}-{sequence:04d}")
