@@ -178,51 +178,56 @@ class IntakePipeline:
                        now: datetime) -> list[Message]:
         """Accepted events and refusals for the accepted and rejections topics, the outcomes filled in."""
         seen = await store.already_accepted(conn, [event.key for _, event in candidates])
-        first_seen: dict[tuple[str, str], IncomingEvent] = {}
-        for _, event in candidates:
-            if event.key not in seen:
-                first_seen.setdefault(event.key, event)  # a repeat inside the same batch is a duplicate of it
-        sequences: dict[tuple[str, date], int] = {}
-        for event in first_seen.values():
-            if (sequence := daily_sequence(event, catalog)) is not None:
-                sequences[sequence] = sequences.get(sequence, 0) + 1
-        numbers = await store.reserve_sequences(conn, sequences)
-        fresh: list[tuple[int, IncomingEvent, str, bool]] = []
-        messages: list[Message] = []
+        # Only a key's first event in the batch takes a code: a repeat is a duplicate of it, or refused with it.
+        firsts: dict[tuple[str, str], tuple[int, IncomingEvent, tuple[str, date] | None]] = {}
         for index, event in candidates:
-            if event.key in seen:
-                outcomes[index] = Outcome(Status.DUPLICATE, event.id, seen[event.key])
-                continue
-            if (sequence := daily_sequence(event, catalog)) is None:
+            if event.key not in seen and event.key not in firsts:
+                firsts[event.key] = (index, event, daily_sequence(event, catalog))
+        wanted: dict[tuple[str, date], int] = {}
+        for _, _, sequence in firsts.values():
+            if sequence is not None:
+                wanted[sequence] = wanted.get(sequence, 0) + 1
+        numbers = await store.reserve_sequences(conn, wanted)
+        codes: dict[tuple[str, str], str] = {}
+        refused: dict[tuple[str, str], EventRefused] = {}
+        for key, (_, event, sequence) in firsts.items():
+            if sequence is None:
                 assert event.dossier_code is not None
-                code, minted = event.dossier_code, False
-            elif numbers[sequence] > DAILY_SEQUENCE_LIMIT:
+                codes[key] = event.dossier_code
+            elif numbers[sequence] <= DAILY_SEQUENCE_LIMIT:
+                codes[key] = mint_dossier_code(*sequence, numbers[sequence])
+                numbers[sequence] += 1
+            else:
                 agency_id, day = sequence
-                refusal = EventRefused(RejectionReason.BAD_DOSSIER_CODE, (
+                refused[key] = EventRefused(RejectionReason.BAD_DOSSIER_CODE, (
                     f"agency {agency_id} has used all {DAILY_SEQUENCE_LIMIT} dossier codes of {day:%d/%m/%Y} "
                     "(Circular 01/2018), so none can be minted: send the dossier's own code as subject"))
+        if refused:
+            # A request that accepted one of these meanwhile held its day's sequence, so it has committed by now:
+            # the event is its duplicate, not a refusal.
+            seen.update(await store.already_accepted(conn, list(refused)))
+        new_keys = await store.record_accepted(conn, [(*key, code) for key, code in codes.items()], now)
+        # Keys a concurrent request accepted first: their dossier codes are that request's, committed by now.
+        seen.update(await store.already_accepted(conn, [key for key in codes if key not in new_keys]))
+        await store.record_units(conn, [(codes[key], event.data.unit_code) for key, (_, event, _) in firsts.items()
+                                        if key in new_keys and isinstance(event.data, Received)])
+        messages: list[Message] = []
+        for index, event in candidates:
+            key = event.key
+            if key in seen:
+                outcomes[index] = Outcome(Status.DUPLICATE, event.id, seen[key])
+            elif (refusal := refused.get(key)) is not None:
                 envelope = domain.Envelope(event.id, event.source, None, event.event_type.value)
                 messages.append(refusal_message(domain.rejection(refusal, payload=items[index].payload,
                                                                  envelope=envelope, now=now)))
                 outcomes[index] = Outcome(Status.REJECTED, event.id, None, refusal.reason, refusal.detail)
-                continue
+            elif firsts[key][0] != index:
+                outcomes[index] = Outcome(Status.DUPLICATE, event.id, codes[key])
             else:
-                code, minted = mint_dossier_code(*sequence, numbers[sequence]), True
-                numbers[sequence] += 1
-            seen[event.key] = code
-            fresh.append((index, event, code, minted))
-        new_keys = await store.record_accepted(conn, [(e.source, e.id, code) for _, e, code, _ in fresh], now)
-        # Keys a concurrent request accepted first: their dossier codes are that request's, committed by now.
-        seen.update(await store.already_accepted(conn, [e.key for _, e, _, _ in fresh if e.key not in new_keys]))
-        await store.record_units(conn, [(code, e.data.unit_code) for _, e, code, _ in fresh
-                                        if e.key in new_keys and isinstance(e.data, Received)])
-        for index, event, code, minted in fresh:
-            if event.key not in new_keys:
-                outcomes[index] = Outcome(Status.DUPLICATE, event.id, seen[event.key])
-                continue
-            accepted = domain.accept(event, code, minted=minted, keyring=self.keyring, now=now)
-            messages.append((topics.ACCEPTED, code.encode(), accepted.model_dump_json().encode()))
-            outcomes[index] = Outcome(Status.ACCEPTED, event.id, code)
+                accepted = domain.accept(event, codes[key], minted=firsts[key][2] is not None, keyring=self.keyring,
+                                         now=now)
+                messages.append((topics.ACCEPTED, codes[key].encode(), accepted.model_dump_json().encode()))
+                outcomes[index] = Outcome(Status.ACCEPTED, event.id, codes[key])
         return messages
 
 
