@@ -162,11 +162,8 @@ class IntakePipeline:
             try:
                 domain.authorize(event, principal.source, principal.units, units.get(event.dossier_code or ""))
             except EventRefused as refusal:
-                envelope = domain.Envelope(event.id, event.source, event.dossier_code, event.event_type.value)
-                rejections.append(domain.rejection(refusal, payload=items[index].payload, envelope=envelope,
-                                                  now=now))
-                outcomes[index] = Outcome(Status.REJECTED, event.id, event.dossier_code, refusal.reason,
-                                          refusal.detail)
+                rejection, outcomes[index] = refused_event(event, refusal, items[index].payload, now)
+                rejections.append(rejection)
                 continue
             if isinstance(event.data, Received) and event.dossier_code:
                 units.setdefault(event.dossier_code, event.data.unit_code)  # later events in this batch
@@ -202,13 +199,10 @@ class IntakePipeline:
                 refused[key] = EventRefused(RejectionReason.BAD_DOSSIER_CODE, (
                     f"agency {agency_id} has used all {DAILY_SEQUENCE_LIMIT} dossier codes of {day:%d/%m/%Y} "
                     "(Circular 01/2018), so none can be minted: send the dossier's own code as subject"))
-        if refused:
-            # A request that accepted one of these meanwhile held its day's sequence, so it has committed by now:
-            # the event is its duplicate, not a refusal.
-            seen.update(await store.already_accepted(conn, list(refused)))
         new_keys = await store.record_accepted(conn, [(*key, code) for key, code in codes.items()], now)
-        # Keys a concurrent request accepted first: their dossier codes are that request's, committed by now.
-        seen.update(await store.already_accepted(conn, [key for key in codes if key not in new_keys]))
+        # Keys a concurrent request accepted first, committed by now (it held the key, or the day's sequence of a
+        # refused one): duplicates with that request's codes, not new events nor refusals.
+        seen.update(await store.already_accepted(conn, [*refused, *(key for key in codes if key not in new_keys)]))
         await store.record_units(conn, [(codes[key], event.data.unit_code) for key, (_, event, _) in firsts.items()
                                         if key in new_keys and isinstance(event.data, Received)])
         messages: list[Message] = []
@@ -217,10 +211,8 @@ class IntakePipeline:
             if key in seen:
                 outcomes[index] = Outcome(Status.DUPLICATE, event.id, seen[key])
             elif (refusal := refused.get(key)) is not None:
-                envelope = domain.Envelope(event.id, event.source, None, event.event_type.value)
-                messages.append(refusal_message(domain.rejection(refusal, payload=items[index].payload,
-                                                                 envelope=envelope, now=now)))
-                outcomes[index] = Outcome(Status.REJECTED, event.id, None, refusal.reason, refusal.detail)
+                rejection, outcomes[index] = refused_event(event, refusal, items[index].payload, now)
+                messages.append(refusal_message(rejection))
             elif firsts[key][0] != index:
                 outcomes[index] = Outcome(Status.DUPLICATE, event.id, codes[key])
             else:
@@ -237,6 +229,14 @@ def daily_sequence(event: IncomingEvent, catalog: Catalog) -> tuple[str, date] |
     if unit_code is None:
         return None
     return catalog.units[unit_code].agency_id, event.occurred_at.astimezone(VN).date()
+
+
+def refused_event(event: IncomingEvent, refusal: EventRefused, payload: bytes,
+                  now: datetime) -> tuple[RejectionRecorded, Outcome]:
+    """An event that parsed but is refused: its rejection, and the answer for it."""
+    envelope = domain.Envelope(event.id, event.source, event.dossier_code, event.event_type.value)
+    return (domain.rejection(refusal, payload=payload, envelope=envelope, now=now),
+            Outcome(Status.REJECTED, event.id, event.dossier_code, refusal.reason, refusal.detail))
 
 
 def refusal_message(rejection: RejectionRecorded) -> Message:

@@ -25,7 +25,7 @@ from shared.contract.rejections import RejectionReason, RejectionRecorded
 from tests.conftest import Infra
 from tests.integration.test_intake_fuzz import end_offsets, records_between, start_group_at_end
 from tests.integration.test_services import service_env
-from tests.support import UNIT, cloudevent, dossier_code, eventually, received_data
+from tests.support import UNIT, cloudevent, dossier_code, eventually, received_data, waiting_for_a_lock
 
 pytestmark = pytest.mark.integration
 BATCH = "application/cloudevents-batch+json"
@@ -161,12 +161,8 @@ async def test_an_event_accepted_meanwhile_on_a_day_whose_codes_run_out_is_a_dup
                                 "VALUES ($1, $2, $3, now())", source, event["id"], code)
             asking = asyncio.create_task(client.post("/v1/events", content=json.dumps([event])))
 
-            async def waiting() -> bool:
-                return bool(await watcher.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'"))
-
-            await eventually(waiting, timeout=30, what="the request waiting for the day's sequence")
+            await eventually(lambda: waiting_for_a_lock(watcher), timeout=30,
+                             what="the request waiting for the day's sequence")
         answer = (await asking).json()["results"][0]
     finally:
         await other.close()

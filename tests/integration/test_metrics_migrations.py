@@ -16,7 +16,7 @@ from services.metrics.store import SCHEMA, take_over
 from services.metrics.tally import RATIO_BUCKETS, bucket_of
 from shared import db
 from shared.contract import topics
-from tests.support import eventually
+from tests.support import eventually, waiting_for_a_lock
 
 pytestmark = pytest.mark.integration
 Group = tuple[int, str, str, str]
@@ -105,12 +105,8 @@ async def test_the_migration_waits_for_an_older_instance_s_batch_and_converts_it
             await old_instance.executemany(OLD_INSTANCE_UPSERT, cumulative_rows({group: [0.1]}))
             migrating = asyncio.create_task(db.migrate(pool, SCHEMA, MIGRATIONS))
 
-            async def migration_waiting() -> bool:
-                return bool(await pool.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'"))
-
-            await eventually(migration_waiting, timeout=30, what="the migration waiting for the batch")
+            await eventually(lambda: waiting_for_a_lock(pool), timeout=30,
+                             what="the migration waiting for the batch")
             await batch.commit()
         assert await migrating == ["0004_ratio_buckets.sql"]
 
